@@ -1,0 +1,281 @@
+"""CIFAR-10 / CIFAR-100 as uint8 numpy arrays, from keras.datasets or the official archives.
+
+With no data folder, the data come through keras.datasets (downloaded once, then cached in
+~/.keras/datasets). With ``--data-dir``, from the official ``cifar-10-python.tar.gz`` /
+``cifar-100-python.tar.gz`` (or their extracted folders) for machines without internet.
+
+The official batches are Python pickles, and a pickle can run any code it names. They are
+read with an unpickler that can build nothing but numpy arrays, lists, dicts and strings,
+so a crafted archive is refused before anything in it runs.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+import zlib
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from config import UsageError
+
+PIXELS = 32 * 32 * 3
+
+
+class DataError(UsageError):
+    """The data cannot be had or cannot be trusted; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ArchiveSpec:
+    display_name: str
+    archive: str            # official file name
+    folder: str             # the folder inside the archive
+    train_files: Tuple[str, ...]
+    test_files: Tuple[str, ...]
+    meta_file: str
+    label_key: bytes        # CIFAR-100: the 100 fine labels, not the 20 coarse ones
+    names_key: bytes
+    num_classes: int
+    sha256: str             # of the official archive, as keras.datasets checks it
+
+
+SPECS: Dict[str, ArchiveSpec] = {
+    "cifar10": ArchiveSpec(
+        "CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
+        b"labels", b"label_names", 10,
+        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
+    "cifar100": ArchiveSpec(
+        "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
+        ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names", 100,
+        "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),
+}
+DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+@dataclass
+class CifarData:
+    x_train: np.ndarray     # (N, 32, 32, 3) uint8
+    y_train: np.ndarray     # (N,) int64 class indices
+    x_test: np.ndarray
+    y_test: np.ndarray
+    label_names: List[str]
+
+
+def load(dataset: str, data_dir: Optional[str] = None) -> CifarData:
+    spec = SPECS[dataset]
+    if data_dir is None:
+        return _load_through_keras(dataset)
+    return _load_from_path(spec, data_dir)
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, seed: int):
+    """A seeded random hold-out: returns (train_x, train_y), (val_x, val_y)."""
+    order = np.random.default_rng(seed).permutation(len(images))
+    n_val = max(1, int(round(len(images) * fraction)))
+    val, train = order[:n_val], order[n_val:]
+    if len(train) == 0:
+        raise DataError(f"--validation-fraction {fraction} leaves no training images; lower it")
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+# --- keras.datasets ---------------------------------------------------------------------------
+
+def _load_through_keras(dataset: str) -> CifarData:
+    import tensorflow as tf
+
+    spec = SPECS[dataset]
+    module = getattr(tf.keras.datasets, dataset)
+    kwargs = {"label_mode": "fine"} if dataset == "cifar100" else {}
+    try:
+        (x_train, y_train), (x_test, y_test) = module.load_data(**kwargs)
+    except Exception as error:  # keras raises a bare Exception for URL failures
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(
+            f"could not download {spec.display_name} through keras.datasets ({reason}); "
+            f"without internet, fetch {spec.archive} from {DOWNLOAD_PAGE} elsewhere and pass "
+            f"--data-dir FOLDER_WITH_IT") from None
+    return CifarData(x_train, y_train.reshape(-1).astype(np.int64),
+                     x_test, y_test.reshape(-1).astype(np.int64), _label_names(dataset))
+
+
+def _label_names(dataset: str) -> List[str]:
+    from label_names import CIFAR10, CIFAR100
+    return list(CIFAR10 if dataset == "cifar10" else CIFAR100)
+
+
+# --- the official archives and folders --------------------------------------------------------
+
+def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
+    if not os.path.exists(data_dir):
+        raise DataError(f"--data-dir {data_dir} does not exist; pass the folder that holds "
+                        f"{spec.archive} or {spec.folder}/")
+    if os.path.isfile(data_dir):
+        return _read_archive(spec, data_dir)
+    archive = os.path.join(data_dir, spec.archive)
+    if os.path.isfile(archive):
+        return _read_archive(spec, archive)
+    for folder in (os.path.join(data_dir, spec.folder), data_dir):
+        if os.path.isfile(os.path.join(folder, spec.meta_file)):
+            return _read_folder(spec, folder)
+    for other in SPECS.values():
+        if other is not spec and (os.path.exists(os.path.join(data_dir, other.archive))
+                                  or os.path.isdir(os.path.join(data_dir, other.folder))):
+            raise DataError(f"{data_dir} holds {other.display_name}, not {spec.display_name}; "
+                            f"put {spec.archive} there, or train on {other.display_name}")
+    raise DataError(f"no {spec.archive} or {spec.folder}/ in {data_dir}; download "
+                    f"{spec.archive} from {DOWNLOAD_PAGE} into that folder")
+
+
+def _read_folder(spec: ArchiveSpec, folder: str) -> CifarData:
+    def read(name: str) -> bytes:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise DataError(f"{folder} has no {name}: not a complete {spec.display_name} "
+                            f"folder; extract {spec.archive} again")
+        with open(path, "rb") as handle:
+            return handle.read()
+    return _assemble(spec, read, folder)
+
+
+def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
+    name = os.path.basename(path)
+    if name == spec.archive:
+        digest = _sha256(path)
+        if digest != spec.sha256:
+            raise DataError(f"{path} is not the official {spec.archive} (SHA-256 {digest[:12]}... "
+                            f"differs; a broken or partial download?); download it again")
+    elif name in {other.archive for other in SPECS.values()}:
+        other = next(o for o in SPECS.values() if o.archive == name)
+        raise DataError(f"{path} is {other.display_name}, not {spec.display_name}; pass "
+                        f"{spec.archive}, or train on {other.display_name}")
+    else:
+        print(f"warning: {name} is not named {spec.archive}, so its checksum is not checked")
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {}
+            for member in tar.getmembers():
+                parts = member.name.replace("\\", "/").split("/")
+                if member.name.startswith(("/", "\\")) or ".." in parts or \
+                        member.issym() or member.islnk():
+                    raise DataError(f"{path} holds {member.name!r}, a path or link outside its "
+                                    "folder; refusing a crafted archive")
+                members[member.name] = member
+            contents = {}
+            for wanted in spec.train_files + spec.test_files + (spec.meta_file,):
+                key = f"{spec.folder}/{wanted}"
+                if key not in members or not members[key].isfile():
+                    raise DataError(_missing_member_message(spec, path, key, members))
+                contents[wanted] = tar.extractfile(members[key]).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+        raise DataError(f"{path} is truncated or not a gzip tar archive ({error}); "
+                        "download it again") from None
+    return _assemble(spec, contents.__getitem__, path)
+
+
+def _missing_member_message(spec, path, key, members) -> str:
+    for other in SPECS.values():
+        if other is not spec and any(m.startswith(other.folder + "/") for m in members):
+            return (f"{path} is a {other.display_name} archive, not {spec.display_name}; pass "
+                    f"{spec.archive}, or train on {other.display_name}")
+    return f"{path} has no {key}: not a {spec.display_name} archive; download {spec.archive} again"
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _assemble(spec: ArchiveSpec, read, where: str) -> CifarData:
+    def batches(names):
+        images, labels = [], []
+        for name in names:
+            x, y = _parse_batch(spec, name, _unpickle(read(name), name, where), where)
+            images.append(x)
+            labels.append(y)
+        return np.concatenate(images), np.concatenate(labels)
+
+    meta = _unpickle(read(spec.meta_file), spec.meta_file, where)
+    names = meta.get(spec.names_key) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != spec.num_classes:
+        raise DataError(f"{spec.meta_file} in {where} does not list {spec.num_classes} class "
+                        f"names: not {spec.display_name}")
+    x_train, y_train = batches(spec.train_files)
+    x_test, y_test = batches(spec.test_files)
+    return CifarData(x_train, y_train, x_test, y_test, [_text(n) for n in names])
+
+
+def _parse_batch(spec: ArchiveSpec, name: str, batch, where: str):
+    bad = f"{name} in {where} is not a {spec.display_name} batch"
+    if not isinstance(batch, dict) or b"data" not in batch or spec.label_key not in batch:
+        raise DataError(f"{bad} (no {spec.label_key.decode()} / data); download it again")
+    data, labels = batch[b"data"], batch[spec.label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 \
+            or data.shape[1] != PIXELS:
+        shape = getattr(data, "shape", None)
+        raise DataError(f"{bad} (data should be uint8 of shape (N, {PIXELS}), got "
+                        f"{getattr(data, 'dtype', type(data).__name__)} {shape})")
+    labels = np.asarray(labels)
+    if labels.shape != (len(data),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{bad} ({len(data)} images but labels of shape {labels.shape})")
+    if labels.size and (labels.min() < 0 or labels.max() >= spec.num_classes):
+        raise DataError(f"{bad} (labels outside 0..{spec.num_classes - 1})")
+    # Rows are channel-major (1024 red, 1024 green, 1024 blue); the model wants NHWC.
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# --- the restricted unpickler ------------------------------------------------------------------
+
+def _numpy_reconstruct():
+    try:  # numpy >= 2 keeps it in numpy._core; numpy.core remains as a shim
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+def _latin1_encode(text, encoding="latin1"):
+    # Python 3 writes an array's bytes in a protocol-2 pickle as _codecs.encode(str, 'latin1').
+    if not isinstance(text, str) or encoding != "latin1":
+        raise pickle.UnpicklingError("unexpected _codecs.encode call")
+    return text.encode("latin1")
+
+
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: _latin1_encode,
+}
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return _ALLOWED[(module, name)]()
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def _unpickle(payload: bytes, name: str, where: str):
+    try:
+        return _ArraysOnlyUnpickler(io.BytesIO(payload), encoding="bytes").load()
+    except pickle.UnpicklingError as error:
+        raise DataError(f"{name} in {where} is not plain CIFAR data (its pickle asks for "
+                        f"{error}); refusing to load it") from None
+    except Exception as error:  # truncated or garbled pickles raise all sorts
+        raise DataError(f"{name} in {where} is corrupt ({type(error).__name__}); "
+                        "download the data again") from None

@@ -1,0 +1,159 @@
+"""The one typed training config, its named presets, and their validation.
+
+This module imports no TensorFlow: flags are parsed and checked, and the GPU is chosen,
+before TensorFlow is imported (DML_VISIBLE_DEVICES is only read at import time).
+
+Presets
+-------
+``sample`` (the default) is the seed sample's model and schedule::
+
+    python train_cifar10.py                      # = --preset sample
+    python train_cifar100.py --preset sample
+
+It trains a 0.6 M-parameter ViT (4x4 patches -> 64 tokens + a class token, 8 blocks of
+width 64) for up to 100 epochs of batch 512. Its accuracy on CIFAR has not been measured
+on this project's machines (they have no CIFAR and no GPU); results.json of a run says
+what it reached. ``tiny`` is a seconds-long smoke run for checking an install::
+
+    python train_cifar10.py --preset tiny --data-dir DIR
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Optional, Tuple
+
+IMAGE_SIZE = 32  # CIFAR images are 32x32x3 uint8
+DATASETS = {"cifar10": ("CIFAR-10", 10), "cifar100": ("CIFAR-100", 100)}
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line and exit code 2, never a traceback."""
+
+
+def _flag(help_text: str, **metadata) -> dict:
+    return {"help": help_text, **metadata}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on; every field is also a command-line flag (--field-name)."""
+
+    dataset: str = field(default="cifar10", metadata=_flag("cifar10 or cifar100", cli=False))
+    # --- data -------------------------------------------------------------------------
+    data_dir: Optional[str] = field(default=None, metadata=_flag(
+        "folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz or their extracted "
+        "folders (for machines without internet); default: download through keras.datasets"))
+    output_dir: Optional[str] = field(default=None, metadata=_flag(
+        "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME)"))
+    validation_fraction: float = field(default=0.15, metadata=_flag(
+        "fraction of the training set held out for validation (the sample's 0.15 leaves "
+        "42,500 CIFAR training images)"))
+    # --- model: 32x32 image -> (32-patch)/stride+1 squared patches -------------------------
+    patch_size: int = field(default=4, metadata=_flag("patch side in pixels"))
+    patch_stride: int = field(default=4, metadata=_flag(
+        "step between patches in pixels; smaller than --patch-size gives overlapping patches"))
+    num_layers: int = field(default=8, metadata=_flag("number of transformer blocks"))
+    embedding_dim: int = field(default=64, metadata=_flag("token width"))
+    num_heads: int = field(default=8, metadata=_flag("attention heads; must divide --embedding-dim"))
+    mlp_hidden_dim: int = field(default=256, metadata=_flag("hidden width of each block's MLP"))
+    head_units: Tuple[int, ...] = field(default=(512, 256), metadata=_flag(
+        "hidden widths of the classifier MLP on the class token"))
+    dropout: float = field(default=0.2, metadata=_flag("dropout rate in blocks and classifier"))
+    # --- optimisation -----------------------------------------------------------------------
+    learning_rate: float = field(default=1e-3, metadata=_flag("Adam learning rate"))
+    batch_size: int = field(default=512, metadata=_flag("images per training step"))
+    epochs: int = field(default=100, metadata=_flag("maximum number of epochs"))
+    patience: int = field(default=10, metadata=_flag(
+        "epochs without a better validation top-1 before the learning rate is halved"))
+    early_stopping: int = field(default=0, metadata=_flag(
+        "stop after this many epochs without a better validation top-1 (0: never)"))
+    seed: int = field(default=42, metadata=_flag("seed for the split, initial weights and shuffling"))
+    # --- augmentation (data_augmentations.py) ------------------------------------------------
+    flip: bool = field(default=True, metadata=_flag("random horizontal flips"))
+    crop_padding: int = field(default=4, metadata=_flag(
+        "random crops after padding by this many pixels per side (0: off)"))
+    # --- device and speed ---------------------------------------------------------------
+    gpu: Optional[int] = field(default=None, metadata=_flag(
+        "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
+        "before TensorFlow starts (default: the variables as set, else the first GPU)"))
+    xla: str = field(default="auto", metadata=_flag(
+        "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
+        "CPU), on, off", choices=("auto", "on", "off")))
+
+    # Derived facts, in one place so that model, data and checks agree.
+    @property
+    def num_classes(self) -> int:
+        return DATASETS[self.dataset][1]
+
+    @property
+    def display_name(self) -> str:
+        return DATASETS[self.dataset][0]
+
+    @property
+    def patches_per_side(self) -> int:
+        return (IMAGE_SIZE - self.patch_size) // self.patch_stride + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in values.items() if k in known}
+        if "head_units" in values:
+            values["head_units"] = tuple(values["head_units"])
+        return cls(**values)
+
+    def validate(self) -> "TrainConfig":
+        """Raises UsageError naming the flag to change; returns self when all is well."""
+        if self.dataset not in DATASETS:
+            raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
+        positive = ["patch_size", "patch_stride", "num_layers", "embedding_dim", "num_heads",
+                    "mlp_hidden_dim", "batch_size", "epochs", "patience"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise UsageError(f"--{_dashed(name)} must be a positive whole number, "
+                                 f"got {getattr(self, name)}")
+        if any(units <= 0 for units in self.head_units):
+            raise UsageError(f"--head-units must all be positive, got {list(self.head_units)}")
+        if not self.learning_rate > 0:
+            raise UsageError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0 <= self.dropout < 1:
+            raise UsageError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if not 0 < self.validation_fraction < 1:
+            raise UsageError("--validation-fraction must be between 0 and 1, "
+                             f"got {self.validation_fraction}")
+        if self.early_stopping < 0 or self.crop_padding < 0:
+            raise UsageError("--early-stopping and --crop-padding must be 0 or more")
+        if self.patch_size > IMAGE_SIZE:
+            raise UsageError(f"--patch-size {self.patch_size} is larger than the "
+                             f"{IMAGE_SIZE}x{IMAGE_SIZE} image; use at most {IMAGE_SIZE}")
+        if (IMAGE_SIZE - self.patch_size) % self.patch_stride:
+            fits = [s for s in range(1, self.patch_size + 1)
+                    if (IMAGE_SIZE - self.patch_size) % s == 0]
+            raise UsageError(
+                f"--patch-size {self.patch_size} with --patch-stride {self.patch_stride} does not "
+                f"tile the {IMAGE_SIZE}x{IMAGE_SIZE} image (the last "
+                f"{(IMAGE_SIZE - self.patch_size) % self.patch_stride} pixels would be dropped); "
+                f"use a stride from {fits}")
+        if self.embedding_dim % self.num_heads:
+            raise UsageError(f"--embedding-dim {self.embedding_dim} is not divisible by "
+                             f"--num-heads {self.num_heads}; pick heads that divide it")
+        if self.gpu is not None and self.gpu < 0:
+            raise UsageError(f"--gpu must be 0 or more, got {self.gpu}")
+        return self
+
+
+def _dashed(name: str) -> str:
+    return name.replace("_", "-")
+
+
+PRESETS = {
+    # The seed sample: the dataclass defaults.
+    "sample": TrainConfig(),
+    # Seconds per epoch on a laptop CPU; for checking an installation, not for accuracy.
+    "tiny": TrainConfig(patch_size=8, patch_stride=8, num_layers=2, embedding_dim=32,
+                        num_heads=4, mlp_hidden_dim=64, head_units=(64,), batch_size=128,
+                        epochs=3, patience=2),
+}

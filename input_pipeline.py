@@ -1,0 +1,49 @@
+"""tf.data pipelines: uint8 images cached before any randomness, augmented per batch.
+
+Training data are one sub-dataset per epoch, each shuffled and augmented with stateless
+seeds made from (seed, epoch, batch index): every epoch sees a fresh order and fresh
+augmentations, runs are reproducible, and a resumed run can start at any epoch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+# images (B, 32, 32, 3) uint8, labels (B,), seed [2] int -> (images, labels)
+BatchAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]
+
+
+def steps_per_epoch(num_examples: int, batch_size: int) -> int:
+    return math.ceil(num_examples / batch_size)
+
+
+def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                  augment: BatchAugment, seed: int, first_epoch: int,
+                  last_epoch: int) -> tf.data.Dataset:
+    """Batches for epochs first_epoch .. last_epoch - 1, back to back (use with
+    steps_per_epoch); the last batch of an epoch may be short."""
+    cached = tf.data.Dataset.from_tensor_slices((images, labels)).cache()   # stays uint8
+    count = len(images)
+
+    def one_epoch(epoch):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+        shuffle_seed = tf.random.experimental.stateless_split(epoch_seed, num=1)[0][0]
+        batches = cached.shuffle(count, seed=shuffle_seed).batch(batch_size).enumerate()
+
+        def augment_one(index, batch):
+            batch_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
+            return augment(batch[0], batch[1], batch_seed)
+
+        return batches.map(augment_one, num_parallel_calls=AUTOTUNE)
+
+    epochs = tf.data.Dataset.range(first_epoch, last_epoch)
+    return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
+    return (tf.data.Dataset.from_tensor_slices((images, labels)).cache()
+            .batch(batch_size).prefetch(AUTOTUNE))

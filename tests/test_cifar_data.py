@@ -1,0 +1,160 @@
+"""The loader on archives and folders with the official layout, and on bad ones."""
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+import archives
+import cifar_data
+import label_names
+from cifar_data import DataError
+
+
+def check_matches(data, arrays, names):
+    np.testing.assert_array_equal(data.x_train, arrays["train"][0])
+    np.testing.assert_array_equal(data.y_train, arrays["train"][1])
+    np.testing.assert_array_equal(data.x_test, arrays["test"][0])
+    np.testing.assert_array_equal(data.y_test, arrays["test"][1])
+    assert data.x_train.dtype == np.uint8 and data.x_train.shape[1:] == (32, 32, 3)
+    assert data.label_names == list(names)
+
+
+def test_cifar10_archive_gives_back_the_images_and_labels_written(cifar10_tar, cifar10_files):
+    data = cifar_data.load("cifar10", cifar10_tar)
+    check_matches(data, cifar10_files[1], label_names.CIFAR10)
+    assert len(data.x_train) == 5 * 40 and len(data.x_test) == 40
+
+
+@pytest.mark.parametrize("as_parent", [True, False])
+def test_extracted_folders_are_read_too(tmp_path, cifar100_files, as_parent):
+    root = archives.write_folder(str(tmp_path), cifar100_files[0])
+    data_dir = root if as_parent else os.path.join(root, "cifar-100-python")
+    data = cifar_data.load("cifar100", data_dir)
+    check_matches(data, cifar100_files[1], label_names.CIFAR100)   # fine labels, not coarse
+    assert data.y_train.max() >= 20
+
+
+def test_pixels_are_decoded_from_channel_major_rows(tmp_path):
+    files, arrays = archives.archive_files("cifar10", per_batch=2)
+    image = arrays["train"][0][0]
+    data = cifar_data.load("cifar10", archives.write_folder(str(tmp_path), files))
+    # the pixel at row 3, column 5 of channel 1 is byte 1*1024 + 3*32 + 5 of the stored row
+    stored = pickle.loads(files["cifar-10-batches-py/data_batch_1"], encoding="bytes")[b"data"][0]
+    assert data.x_train[0, 3, 5, 1] == stored[1024 + 3 * 32 + 5] == image[3, 5, 1]
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    x = np.arange(100)[:, None].repeat(3, 1)
+    y = np.arange(100)
+    (tx, ty), (vx, vy) = cifar_data.split_validation(x, y, 0.2, seed=3)
+    (tx2, _), (vx2, _) = cifar_data.split_validation(x, y, 0.2, seed=3)
+    (_, _), (vx3, _) = cifar_data.split_validation(x, y, 0.2, seed=4)
+    assert len(vy) == 20 and len(ty) == 80
+    assert set(ty).isdisjoint(vy) and set(ty) | set(vy) == set(range(100))
+    np.testing.assert_array_equal(vx, vx2)
+    assert not np.array_equal(vx, vx3)
+    np.testing.assert_array_equal(vx[:, 0], vy)             # labels stay with images
+
+
+class Exploit:
+    """A pickle payload that would create a marker file if it were ever run."""
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def tampered(files, name, payload):
+    return {**files, f"cifar-10-batches-py/{name}": payload}
+
+
+def test_a_crafted_pickle_is_refused_without_running(tmp_path, cifar10_files):
+    marker = tmp_path / "pwned"
+    batch = {b"data": Exploit(marker), b"labels": [0]}
+    path = archives.write_tar(str(tmp_path / "evil.tar.gz"),
+                              tampered(cifar10_files[0], "data_batch_2",
+                                       pickle.dumps(batch, protocol=2)))
+    with pytest.raises(DataError, match=r"data_batch_2 .* not plain CIFAR data .*system"):
+        cifar_data.load("cifar10", path)
+    assert not marker.exists()
+    # the payload really would run under a plain unpickler: the test can fail
+    pickle.loads(pickle.dumps(batch, protocol=2))
+    assert marker.exists()
+
+
+def test_wrong_dataset_archive_is_named(tmp_path, cifar100_files):
+    path = archives.write_tar(str(tmp_path / "mine.tar.gz"), cifar100_files[0])
+    with pytest.raises(DataError, match="is a CIFAR-100 archive, not CIFAR-10"):
+        cifar_data.load("cifar10", path)
+    archives.write_folder(str(tmp_path / "dir"), cifar100_files[0])
+    with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10"):
+        cifar_data.load("cifar10", str(tmp_path / "dir"))
+
+
+def test_truncated_archive(tmp_path, cifar10_tar):
+    payload = open(cifar10_tar, "rb").read()
+    path = tmp_path / "cut.tar.gz"
+    path.write_bytes(payload[: len(payload) // 2])
+    with pytest.raises(DataError, match="truncated or not a gzip tar"):
+        cifar_data.load("cifar10", str(path))
+
+
+def test_official_name_with_other_contents_fails_the_checksum(tmp_path, cifar10_tar):
+    os.makedirs(tmp_path / "d")
+    (tmp_path / "d" / "cifar-10-python.tar.gz").write_bytes(open(cifar10_tar, "rb").read())
+    with pytest.raises(DataError, match="not the official cifar-10-python.tar.gz"):
+        cifar_data.load("cifar10", str(tmp_path / "d"))
+
+
+@pytest.mark.parametrize("batch, message", [
+    ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "shape"),
+    ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "uint8"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "labels of shape"),
+    ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 10]}, "labels outside 0..9"),
+    ({b"labels": [0]}, "no labels / data"),
+])
+def test_malformed_batches(tmp_path, cifar10_files, batch, message):
+    path = archives.write_tar(str(tmp_path / "bad.tar.gz"),
+                              tampered(cifar10_files[0], "test_batch",
+                                       pickle.dumps(batch, protocol=2)))
+    with pytest.raises(DataError, match=message):
+        cifar_data.load("cifar10", path)
+
+
+def test_paths_outside_the_folder_are_refused(tmp_path, cifar10_files):
+    path = str(tmp_path / "escape.tar.gz")
+    archives.write_tar(path, {**cifar10_files[0], "../../etc/evil": b"x"})
+    with pytest.raises(DataError, match="outside its folder"):
+        cifar_data.load("cifar10", path)
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        cifar_data.load("cifar10", str(tmp_path / "nope"))
+    with pytest.raises(DataError, match="no cifar-10-python.tar.gz or cifar-10-batches-py/"):
+        cifar_data.load("cifar10", str(tmp_path))
+
+
+def test_offline_without_cached_data_names_data_dir(monkeypatch):
+    import tensorflow as tf
+
+    def offline(**kwargs):
+        raise Exception("URL fetch failure on https://www.cs.toronto.edu/~kriz/"
+                        "cifar-10-python.tar.gz: None -- [Errno -3] name resolution")
+    monkeypatch.setattr(tf.keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataError, match="could not download CIFAR-10 .* --data-dir"):
+        cifar_data.load("cifar10")
+
+
+def test_keras_datasets_path_returns_flat_labels_and_names(monkeypatch):
+    import tensorflow as tf
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    y = np.array([[1], [2], [3], [4]])
+    monkeypatch.setattr(tf.keras.datasets.cifar100, "load_data",
+                        lambda label_mode: ((x, y), (x, y)) if label_mode == "fine" else None)
+    data = cifar_data.load("cifar100")
+    assert data.y_train.shape == (4,) and data.label_names[:2] == ["apple", "aquarium_fish"]

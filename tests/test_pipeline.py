@@ -1,0 +1,83 @@
+"""The training pipeline: fresh augmentations every epoch, labels kept with their images."""
+import numpy as np
+import tensorflow as tf
+
+import data_augmentations as aug
+import input_pipeline
+
+
+def label_coded_images(n):
+    """Image i is filled with the value 10 + label_i, so any pixel names its label."""
+    labels = np.arange(n) % 10
+    return (10 + labels[:, None, None, None] * np.ones((1, 32, 32, 3))).astype(np.uint8), labels
+
+
+def augment(images, labels, seed):
+    return aug.augment_batch(images, seed, flip=True, crop_padding=4), labels
+
+
+def collect(dataset):
+    return [(x.numpy(), y.numpy()) for x, y in dataset]
+
+
+def test_epochs_differ_and_labels_stay_with_their_images():
+    images, labels = label_coded_images(50)
+    images[:, :16, :8] = 200          # an off-centre mark, so crops and flips show
+    batches = collect(input_pipeline.train_dataset(images, labels, 16, augment, seed=0,
+                                                   first_epoch=0, last_epoch=2))
+    steps = input_pipeline.steps_per_epoch(50, 16)
+    assert len(batches) == 2 * steps == 8
+    epochs = [batches[:steps], batches[steps:]]
+    for epoch in epochs:
+        seen = np.concatenate([y for _, y in epoch])
+        assert sorted(seen) == sorted(labels)            # each image once per epoch
+        for x, y in epoch:
+            assert x.dtype == np.uint8 and x.shape[1:] == (32, 32, 3)
+            for image, label in zip(x, y):
+                values = set(np.unique(image)) - {0, 200}          # 0: crop padding
+                assert values == {10 + label}
+    # images of one label are identical before augmentation, so compare them by label
+    first = {int(y): x for x, ys in epochs[0] for y, x in zip(ys, x)}
+    second = {int(y): x for x, ys in epochs[1] for y, x in zip(ys, x)}
+    assert any(not np.array_equal(first[k], second[k]) for k in first)
+    order = [np.concatenate([y for _, y in e]).tolist() for e in epochs]
+    assert order[0] != order[1]                          # reshuffled
+
+
+def test_same_seed_same_batches_and_a_resumed_epoch_is_the_same_epoch():
+    images, labels = label_coded_images(30)
+    images[:, :5, :3] = 99
+    full = collect(input_pipeline.train_dataset(images, labels, 8, augment, 7, 0, 3))
+    again = collect(input_pipeline.train_dataset(images, labels, 8, augment, 7, 0, 3))
+    resumed = collect(input_pipeline.train_dataset(images, labels, 8, augment, 7, 2, 3))
+    for (x1, y1), (x2, y2) in zip(full, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    for (x1, y1), (x2, y2) in zip(full[-4:], resumed):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+
+
+def test_flip_is_per_image_and_mirrors():
+    images = np.random.default_rng(0).integers(0, 255, (64, 32, 32, 3), dtype=np.uint8)
+    out = aug.random_flip(tf.constant(images), tf.constant([1, 2])).numpy()
+    flipped = [np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images)]
+    kept = [np.array_equal(o, i) for o, i in zip(out, images)]
+    assert all(f or k for f, k in zip(flipped, kept))
+    assert 10 < sum(flipped) < 54                      # per image, not one coin per batch
+
+
+def test_crop_shifts_each_image_within_the_padding():
+    images = np.zeros((32, 32, 32, 3), np.uint8)
+    images[:, 10, 20] = 255                            # one white pixel at (10, 20)
+    out = aug.random_crop(tf.constant(images), tf.constant([3, 4]), padding=4).numpy()
+    shifts = set()
+    for image in out:
+        rows, cols = np.nonzero(image[..., 0])
+        assert len(rows) == 1
+        dy, dx = rows[0] - 10, cols[0] - 20
+        assert abs(dy) <= 4 and abs(dx) <= 4
+        shifts.add((dy, dx))
+    assert len(shifts) > 5
+    np.testing.assert_array_equal(aug.random_crop(tf.constant(images), tf.constant([3, 4]), 0),
+                                  images)

@@ -1,0 +1,241 @@
+"""A Vision Transformer for 32x32 images, written for TF 2.10 + DirectML and for Keras 3.
+
+Shapes below use B = batch, N = patches, T = N + 1 tokens (class token first), D = embedding
+width, H = heads, Dh = D / H. Attention is Dense + reshape + matmul + softmax: DirectML has no
+kernel for Einsum, so keras.layers.MultiHeadAttention (EinsumDense) would fall back to the CPU.
+GELU is the exact (erf) form on both stacks: Keras 3's "gelu" string means the tanh
+approximation while Keras 2's means erf, so the string would change the model between stacks.
+
+Saving: `save_model` writes the stack's native full-model format (Keras 3: a .keras file;
+TF 2.10: a SavedModel folder). Neither opens on the other stack; what is portable is a run's
+config.json plus its weights, rebuilt with `VisionTransformer.from_config`.
+"""
+from __future__ import annotations
+
+import math
+
+import tensorflow as tf
+
+keras = tf.keras
+KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+register = keras.utils.register_keras_serializable(package="vit")
+
+
+def gelu(x):
+    return tf.nn.gelu(x, approximate=False)
+
+
+@register
+class PatchExtractor(keras.layers.Layer):
+    """(B, S, S, C) images -> (B, N, P*P*C): patches in row-major order, each flattened in
+    (row, column, channel) order. N = ((S - P) // stride + 1) ** 2; stride < P overlaps."""
+
+    def __init__(self, patch_size: int, patch_stride: int, **kwargs):
+        super().__init__(**kwargs)
+        self.patch_size = patch_size
+        self.patch_stride = patch_stride
+
+    def call(self, images):
+        p, s = self.patch_size, self.patch_stride
+        patches = tf.image.extract_patches(images, sizes=[1, p, p, 1], strides=[1, s, s, 1],
+                                           rates=[1, 1, 1, 1], padding="VALID")
+        _, rows, cols, depth = patches.shape
+        return tf.reshape(patches, [-1, rows * cols, depth])
+
+    def compute_output_shape(self, input_shape):
+        side = (input_shape[1] - self.patch_size) // self.patch_stride + 1
+        return (input_shape[0], side * side, self.patch_size ** 2 * input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "patch_size": self.patch_size,
+                "patch_stride": self.patch_stride}
+
+
+@register
+class ClassToken(keras.layers.Layer):
+    """(B, N, D) -> (B, N + 1, D): prepends one learned D-vector to every sequence."""
+
+    def build(self, input_shape):
+        self.token = self.add_weight(name="token", shape=(1, 1, input_shape[-1]),
+                                     initializer=keras.initializers.RandomNormal(stddev=0.02),
+                                     trainable=True)
+        super().build(input_shape)
+
+    def call(self, tokens):
+        batch = tf.shape(tokens)[0]
+        token = tf.cast(self.token, tokens.dtype)
+        return tf.concat([tf.tile(token, [batch, 1, 1]), tokens], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1] + 1, input_shape[2])
+
+
+@register
+class MultiHeadSelfAttention(keras.layers.Layer):
+    """softmax(Q K^T / sqrt(Dh)) V over H heads, (B, T, D) -> (B, T, D).
+
+    One fused Dense makes Q, K and V; with `return_attention=True` the (B, H, T, T)
+    attention weights come back too (for attention maps)."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, **kwargs):
+        super().__init__(**kwargs)
+        if embedding_dim % num_heads:
+            raise ValueError(f"embedding_dim {embedding_dim} is not divisible by "
+                             f"num_heads {num_heads}")
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.head_dim = embedding_dim // num_heads
+        self.qkv = keras.layers.Dense(3 * embedding_dim, name="qkv")
+        self.output_proj = keras.layers.Dense(embedding_dim, name="output_proj")
+
+    def call(self, x, return_attention=False):
+        tokens = x.shape[1]
+        qkv = tf.reshape(self.qkv(x), [-1, tokens, 3, self.num_heads, self.head_dim])
+        q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))           # 3 x (B, H, T, Dh)
+        q = q * tf.cast(1.0 / math.sqrt(self.head_dim), q.dtype)           # scale the smaller
+        weights = tf.nn.softmax(tf.matmul(q, k, transpose_b=True), axis=-1)  # (B, H, T, T)
+        context = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])          # (B, T, H, Dh)
+        out = self.output_proj(tf.reshape(context, [-1, tokens, self.embedding_dim]))
+        return (out, weights) if return_attention else out
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "embedding_dim": self.embedding_dim,
+                "num_heads": self.num_heads}
+
+
+@register
+class TransformerBlock(keras.layers.Layer):
+    """Pre-LayerNorm block: x + Drop(MHSA(LN(x))), then x + Drop(MLP(LN(x))); (B,T,D)->(B,T,D)."""
+
+    def __init__(self, embedding_dim: int, num_heads: int, mlp_hidden_dim: int,
+                 dropout: float, **kwargs):
+        super().__init__(**kwargs)
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_hidden_dim = mlp_hidden_dim
+        self.dropout_rate = dropout
+        self.attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="attention_norm")
+        self.attention = MultiHeadSelfAttention(embedding_dim, num_heads, name="attention")
+        self.mlp_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="mlp_norm")
+        self.mlp_in = keras.layers.Dense(mlp_hidden_dim, name="mlp_in")
+        self.mlp_out = keras.layers.Dense(embedding_dim, name="mlp_out")
+        self.dropout = keras.layers.Dropout(dropout, name="dropout")
+
+    def call(self, x, training=None, return_attention=False):
+        attended, weights = self.attention(self.attention_norm(x), return_attention=True)
+        x = x + self.dropout(attended, training=training)
+        hidden = self.dropout(gelu(self.mlp_in(self.mlp_norm(x))), training=training)
+        x = x + self.dropout(self.mlp_out(hidden), training=training)
+        return (x, weights) if return_attention else x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "embedding_dim": self.embedding_dim,
+                "num_heads": self.num_heads, "mlp_hidden_dim": self.mlp_hidden_dim,
+                "dropout": self.dropout_rate}
+
+
+@register
+class VisionTransformer(keras.Model):
+    """uint8 or float 0..255 images (B, S, S, 3) -> class logits (B, num_classes)."""
+
+    def __init__(self, num_classes: int, image_size: int = 32, patch_size: int = 4,
+                 patch_stride: int = 4, num_layers: int = 8, embedding_dim: int = 64,
+                 num_heads: int = 8, mlp_hidden_dim: int = 256, head_units=(512, 256),
+                 dropout: float = 0.2, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.patch_stride = patch_stride
+        self.num_layers = num_layers
+        self.embedding_dim = embedding_dim
+        self.num_heads = num_heads
+        self.mlp_hidden_dim = mlp_hidden_dim
+        self.head_units = tuple(head_units)
+        self.dropout_rate = dropout
+        side = (image_size - patch_size) // patch_stride + 1
+        self.num_tokens = side * side + 1
+
+        self.patches = PatchExtractor(patch_size, patch_stride, name="patches")
+        self.patch_proj = keras.layers.Dense(embedding_dim, name="patch_proj")
+        self.class_token = ClassToken(name="class_token")
+        self.position_embedding = keras.layers.Embedding(
+            self.num_tokens, embedding_dim, name="position_embedding",
+            embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02))
+        self.blocks = [TransformerBlock(embedding_dim, num_heads, mlp_hidden_dim, dropout,
+                                        name=f"block_{i}") for i in range(num_layers)]
+        self.norm = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")
+        self.head_layers = [keras.layers.Dense(units, name=f"head_{i}")
+                            for i, units in enumerate(self.head_units)]
+        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+        # float32 logits even under a mixed-precision policy, for a stable softmax loss.
+        self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="logits")
+
+    def embed(self, images):
+        """(B, S, S, 3) 0..255 -> (B, T, D) tokens: class token first, positions added."""
+        x = tf.cast(images, self.compute_dtype) * tf.cast(1.0 / 255.0, self.compute_dtype)
+        tokens = self.class_token(self.patch_proj(self.patches(x)))
+        return tokens + self.position_embedding(tf.range(self.num_tokens))
+
+    def call(self, images, training=None):
+        x = self.embed(images)
+        for block in self.blocks:
+            x = block(x, training=training)
+        x = self.norm(x)[:, 0]                                              # class token
+        for dense in self.head_layers:
+            x = self.head_dropout(gelu(dense(x)), training=training)
+        return self.classifier(x)
+
+    def attention_weights(self, images):
+        """Per block, the (B, H, T, T) attention weights for these images (inference mode)."""
+        x, maps = self.embed(images), []
+        for block in self.blocks:
+            x, weights = block(x, training=False, return_attention=True)
+            maps.append(weights)
+        return maps
+
+    def get_config(self):
+        return {"name": self.name, "trainable": self.trainable,
+                "num_classes": self.num_classes, "image_size": self.image_size,
+                "patch_size": self.patch_size, "patch_stride": self.patch_stride,
+                "num_layers": self.num_layers, "embedding_dim": self.embedding_dim,
+                "num_heads": self.num_heads, "mlp_hidden_dim": self.mlp_hidden_dim,
+                "head_units": list(self.head_units), "dropout": self.dropout_rate}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        return cls(**config)
+
+
+def build_model(config) -> VisionTransformer:
+    """The model a TrainConfig describes, built (weights created) for 32x32x3 images."""
+    from config import IMAGE_SIZE
+    model = VisionTransformer(
+        num_classes=config.num_classes, image_size=IMAGE_SIZE, patch_size=config.patch_size,
+        patch_stride=config.patch_stride, num_layers=config.num_layers,
+        embedding_dim=config.embedding_dim, num_heads=config.num_heads,
+        mlp_hidden_dim=config.mlp_hidden_dim, head_units=config.head_units,
+        dropout=config.dropout, name="vit")
+    model(tf.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8))
+    return model
+
+
+def save_model(model: keras.Model, path: str) -> str:
+    """Full model in the stack's own format; returns the path written (.keras appended on
+    Keras 3)."""
+    if KERAS_3:
+        path = path if path.endswith(".keras") else path + ".keras"
+        model.save(path)
+    else:
+        model.save(path, save_format="tf", include_optimizer=False)
+    return path
+
+
+def load_model(path: str) -> keras.Model:
+    return keras.models.load_model(path, compile=False)
