@@ -10,6 +10,7 @@ so a crafted archive is refused before anything in it runs.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import os
@@ -157,7 +158,11 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
     else:
         print(f"warning: {name} is not named {spec.archive}, so its checksum is not checked")
     try:
-        with tarfile.open(path, "r:gz") as tar:
+        # Decompress all of it first: gzip checks its CRC and length only at the end, and
+        # tarfile takes a garbled header for the end of the archive.
+        with gzip.open(path, "rb") as handle:
+            payload = handle.read()
+        with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as tar:
             members = {}
             for member in tar.getmembers():
                 parts = member.name.replace("\\", "/").split("/")
@@ -172,7 +177,7 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
                 if key not in members or not members[key].isfile():
                     raise DataError(_missing_member_message(spec, path, key, members))
                 contents[wanted] = tar.extractfile(members[key]).read()
-    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as error:  # gzip's BadGzipFile too
         raise DataError(f"{path} is truncated or not a gzip tar archive ({error}); "
                         "download it again") from None
     return _assemble(spec, contents.__getitem__, path)

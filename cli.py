@@ -11,6 +11,7 @@ import sys
 import typing
 from typing import List, Optional, Tuple
 
+from checkpointing import RunStopped
 from config import DATASETS, PRESETS, TrainConfig, UsageError
 
 
@@ -40,6 +41,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
                              "sample's model and schedule)")
     parser.add_argument("--list-devices", action="store_true",
                         help="print the devices TensorFlow sees and exit")
+    parser.add_argument("--restart", action="store_true",
+                        help="start the run in --output-dir over instead of resuming it")
     hints = typing.get_type_hints(TrainConfig)
     defaults = PRESETS["sample"]
     for field in dataclasses.fields(TrainConfig):
@@ -62,7 +65,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 def parse(dataset: str, argv: Optional[List[str]]) -> Tuple[TrainConfig, argparse.Namespace]:
     """The validated TrainConfig these flags describe, and the parsed flags."""
     args = build_parser(dataset).parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "list_devices")}
+    actions = ("preset", "list_devices", "restart")
+    overrides = {k: v for k, v in vars(args).items() if k not in actions}
     if "head_units" in overrides:
         overrides["head_units"] = tuple(overrides["head_units"])
     config = dataclasses.replace(PRESETS[args.preset], dataset=dataset, **overrides)
@@ -85,10 +89,16 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
         import cifar_data
         import training
         data = cifar_data.load(config.dataset, config.data_dir)
-        training.run(config, data, device)
+        training.run(config, data, device, restart=getattr(args, "restart", False))
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:          # before training started: nothing to save
+        print("\nstopped by Ctrl-C before training started", file=sys.stderr)
+        return 130
+    except RunStopped as error:       # NaN loss, disk full, Ctrl-C: what was saved stays
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
     return 0
 
 

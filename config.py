@@ -32,6 +32,8 @@ class UsageError(Exception):
 
 
 def _flag(help_text: str, **metadata) -> dict:
+    """Field metadata: the flag's help, and optionally cli=False (not a flag), choices, and
+    resumable=True (may differ when a run is resumed: it does not change what was saved)."""
     return {"help": help_text, **metadata}
 
 
@@ -43,9 +45,11 @@ class TrainConfig:
     # --- data -------------------------------------------------------------------------
     data_dir: Optional[str] = field(default=None, metadata=_flag(
         "folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz or their extracted "
-        "folders (for machines without internet); default: download through keras.datasets"))
+        "folders (for machines without internet); default: download through keras.datasets",
+        resumable=True))
     output_dir: Optional[str] = field(default=None, metadata=_flag(
-        "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME)"))
+        "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME); "
+        "rerunning with an existing one resumes it", resumable=True))
     validation_fraction: float = field(default=0.15, metadata=_flag(
         "fraction of the training set held out for validation (the sample's 0.15 leaves "
         "42,500 CIFAR training images)"))
@@ -55,20 +59,26 @@ class TrainConfig:
         "step between patches in pixels; smaller than --patch-size gives overlapping patches"))
     num_layers: int = field(default=8, metadata=_flag("number of transformer blocks"))
     embedding_dim: int = field(default=64, metadata=_flag("token width"))
-    num_heads: int = field(default=8, metadata=_flag("attention heads; must divide --embedding-dim"))
+    num_heads: int = field(default=8, metadata=_flag(
+        "attention heads; must divide --embedding-dim"))
     mlp_hidden_dim: int = field(default=256, metadata=_flag("hidden width of each block's MLP"))
     head_units: Tuple[int, ...] = field(default=(512, 256), metadata=_flag(
         "hidden widths of the classifier MLP on the class token"))
     dropout: float = field(default=0.2, metadata=_flag("dropout rate in blocks and classifier"))
     # --- optimisation -----------------------------------------------------------------------
-    learning_rate: float = field(default=1e-3, metadata=_flag("Adam learning rate"))
+    learning_rate: float = field(default=1e-3, metadata=_flag(
+        "Adam learning rate (a new value given when resuming replaces the current rate)",
+        resumable=True))
     batch_size: int = field(default=512, metadata=_flag("images per training step"))
-    epochs: int = field(default=100, metadata=_flag("maximum number of epochs"))
+    epochs: int = field(default=100, metadata=_flag("maximum number of epochs", resumable=True))
     patience: int = field(default=10, metadata=_flag(
-        "epochs without a better validation top-1 before the learning rate is halved"))
+        "epochs without a better validation top-1 before the learning rate is halved",
+        resumable=True))
     early_stopping: int = field(default=0, metadata=_flag(
-        "stop after this many epochs without a better validation top-1 (0: never)"))
-    seed: int = field(default=42, metadata=_flag("seed for the split, initial weights and shuffling"))
+        "stop after this many epochs without a better validation top-1 (0: never)",
+        resumable=True))
+    seed: int = field(default=42, metadata=_flag(
+        "seed for the split, initial weights, shuffling and augmentation"))
     # --- augmentation (data_augmentations.py) ------------------------------------------------
     flip: bool = field(default=True, metadata=_flag("random horizontal flips"))
     crop_padding: int = field(default=4, metadata=_flag(
@@ -76,10 +86,11 @@ class TrainConfig:
     # --- device and speed ---------------------------------------------------------------
     gpu: Optional[int] = field(default=None, metadata=_flag(
         "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
-        "before TensorFlow starts (default: the variables as set, else the first GPU)"))
+        "before TensorFlow starts (default: the variables as set, else the first GPU)",
+        resumable=True))
     xla: str = field(default="auto", metadata=_flag(
         "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
-        "CPU), on, off", choices=("auto", "on", "off")))
+        "CPU), on, off", choices=("auto", "on", "off"), resumable=True))
 
     # Derived facts, in one place so that model, data and checks agree.
     @property
@@ -104,6 +115,14 @@ class TrainConfig:
         if "head_units" in values:
             values["head_units"] = tuple(values["head_units"])
         return cls(**values)
+
+    def differences_that_block_resume(self, other: "TrainConfig") -> list:
+        """(field, self's value, other's value) for each difference that would make a
+        resumed run a different run (model, data, split, augmentation, batch, seed)."""
+        return [(f.name, getattr(self, f.name), getattr(other, f.name))
+                for f in dataclasses.fields(self)
+                        if not f.metadata.get("resumable")
+                and getattr(self, f.name) != getattr(other, f.name)]
 
     def validate(self) -> "TrainConfig":
         """Raises UsageError naming the flag to change; returns self when all is well."""

@@ -1,80 +1,140 @@
-"""Training a VisionTransformer with model.fit, and the run directory it writes.
+"""Training a VisionTransformer with model.fit, resumable, and the run directory it writes.
 
 Run directory (--output-dir):
     config.json         the full TrainConfig of the run
+    checkpoint.npz      weights + optimizer + run state after the last completed epoch: rerun
+                        the same command to resume from it (--restart to start over)
     best.weights.h5     weights with the best validation top-1 so far (rebuild the model from
                         config.json, then load_weights)
-    history.csv         one row of metrics per epoch
-    results.json        test top-1/top-5 of the best weights, timings, device and versions
+    history.csv         one row of metrics per completed epoch
+    results.json        test top-1/top-5 of the best weights, timings, device and versions;
+                        written when training has finished
+Every file is replaced atomically: a crash leaves the previous version readable.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
+import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 
-import numpy as np
 import tensorflow as tf
 
 import cifar_data
 import data_augmentations
 import devices
 import input_pipeline
-from config import TrainConfig
+from checkpointing import (CHECKPOINT, RunState, RunStopped, atomic_save, atomic_write_text,
+                           load_checkpoint, partial_path, save_checkpoint)
+from config import TrainConfig, UsageError
 from vit_model import build_model
 
 keras = tf.keras
 BEST_WEIGHTS = "best.weights.h5"
-MONITOR = "val_top1"
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename over it: readers see the old
-    file or the new one, never half of one."""
-    temporary = f"{path}.partial"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+RUN_FILES = ("config.json", CHECKPOINT, BEST_WEIGHTS, "history.csv", "results.json")
+MIN_LEARNING_RATE = 1e-6
+LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate
 
 
 def default_output_dir(dataset: str) -> str:
     return os.path.join("runs", f"{dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-class BestWeights(keras.callbacks.Callback):
-    """Saves the weights whenever validation top-1 improves, atomically."""
+class Bookkeeper(keras.callbacks.Callback):
+    """The run's bookkeeping at every epoch end, in this order: stop on a NaN loss; record
+    the metrics; keep the best weights; halve the learning rate on a plateau; stop early if
+    asked; save checkpoint.npz and history.csv. A Ctrl-C request stops after that save."""
 
-    def __init__(self, path: str):
+    def __init__(self, config: TrainConfig, state: RunState, output_dir: str):
         super().__init__()
-        self.path = path
-        self.best = -math.inf
-        self.best_epoch = 0
+        self.config, self.state, self.output_dir = config, state, output_dir
+        self.nan_at = None                # (epoch, step) of the first non-finite loss
+        self.stop_requested = False       # set by the first Ctrl-C
+        self.epoch_started = 0.0
 
-    def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(MONITOR)
-        if value is not None and value > self.best:
-            self.best, self.best_epoch = float(value), epoch + 1
-            temporary = self.path.replace(".weights.h5", ".partial.weights.h5")
-            self.model.save_weights(temporary)
-            os.replace(temporary, self.path)
-
-
-class LearningRateLog(keras.callbacks.Callback):
-    """Puts the learning rate the epoch trained with into the logs, as `learning_rate` on both
-    stacks (Keras 2's ReduceLROnPlateau would add `lr` holding the next epoch's rate)."""
+    def path(self, name: str) -> str:
+        return os.path.join(self.output_dir, name)
 
     def on_epoch_begin(self, epoch, logs=None):
-        self.rate = float(np.asarray(self.model.optimizer.learning_rate))
+        self.epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)) and self.nan_at is None:
+            self.nan_at = (self.state.epochs_done + 1, batch + 1)
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs.pop("lr", None)
-            logs["learning_rate"] = self.rate
+        if self.nan_at is not None:        # nothing of this epoch is kept
+            return
+        state, logs = self.state, dict(logs or {})
+        state.train_seconds += time.perf_counter() - self.epoch_started
+        state.epochs_done = epoch + 1
+        row = {"epoch": epoch + 1, "learning_rate": state.learning_rate}
+        row.update({k: float(v) for k, v in sorted(logs.items()) if k not in ("lr",
+                                                                                "learning_rate")})
+        state.history.append(row)
+
+        score = row.get("val_top1", -math.inf)
+        if score > state.best_val_top1:
+            state.best_val_top1, state.best_epoch = score, epoch + 1
+            state.epochs_since_best = state.epochs_since_lr_change = 0
+            atomic_save(self.path(BEST_WEIGHTS), self.model.save_weights)
+        else:
+            state.epochs_since_best += 1
+            state.epochs_since_lr_change += 1
+        if state.epochs_since_lr_change >= self.config.patience and \
+                state.learning_rate > MIN_LEARNING_RATE:
+            state.learning_rate = max(state.learning_rate * LR_FACTOR, MIN_LEARNING_RATE)
+            state.epochs_since_lr_change = 0
+            self.model.optimizer.learning_rate = state.learning_rate
+            print(f"Validation top-1 has not improved for {self.config.patience} epochs: "
+                  f"learning rate now {state.learning_rate:.3g}")
+        if self.config.early_stopping and state.epochs_since_best >= self.config.early_stopping:
+            state.stopped_early = True
+            self.model.stop_training = True
+            print(f"Early stopping: no better validation top-1 for "
+                  f"{self.config.early_stopping} epochs")
+
+        save_checkpoint(self.path(CHECKPOINT), self.model, self.model.optimizer, state)
+        write_history(self.path("history.csv"), state.history)
+        if self.stop_requested:
+            self.model.stop_training = True
+
+
+def write_history(path: str, history) -> None:
+    if not history:
+        return
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_write_text(path, buffer.getvalue())
+
+
+@contextmanager
+def two_stage_interrupt(bookkeeper: Bookkeeper):
+    """First Ctrl-C: finish and save the current epoch, then stop. Second: stop at once
+    (KeyboardInterrupt); the last completed epoch is on disk either way."""
+    def on_interrupt(signum, frame):
+        if bookkeeper.stop_requested:
+            raise KeyboardInterrupt
+        bookkeeper.stop_requested = True
+        print("\nCtrl-C: stopping once this epoch is saved (Ctrl-C again to stop now, "
+              "losing this epoch)", flush=True)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
@@ -93,46 +153,127 @@ def make_augment(config: TrainConfig) -> input_pipeline.BatchAugment:
     return augment
 
 
-def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device) -> dict:
-    """Trains, keeps the best weights, evaluates them on the test set; returns results.json."""
-    output_dir = config.output_dir or default_output_dir(config.dataset)
-    config = replace(config, output_dir=output_dir)
+def prepare_output_dir(config: TrainConfig, restart: bool):
+    """Creates or reopens the run directory and writes config.json; returns the config of
+    the run being resumed, or None for a fresh run."""
+    output_dir = config.output_dir
     os.makedirs(output_dir, exist_ok=True)
-    atomic_write_text(os.path.join(output_dir, "config.json"),
-                      json.dumps(config.to_dict(), indent=2) + "\n")
+    if restart:
+        for name in RUN_FILES:
+            for path in (os.path.join(output_dir, name),
+                         partial_path(os.path.join(output_dir, name))):
+                if os.path.exists(path):
+                    os.remove(path)
+    config_path = os.path.join(output_dir, "config.json")
+    saved = None
+    if os.path.exists(os.path.join(output_dir, CHECKPOINT)) and os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as handle:
+            saved = TrainConfig.from_dict(json.load(handle))
+        check_resumable(saved, config)
+    atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2) + "\n")
+    return saved
+
+
+def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
+    differences = saved.differences_that_block_resume(wanted)
+    if differences:
+        name, old, new = differences[0]
+        raise UsageError(
+            f"{wanted.output_dir} holds a run with --{name.replace('_', '-')} {old}, not {new}; "
+            "rerun with its settings to resume, add --restart to start it over, or pick "
+            "another --output-dir")
+
+
+def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
+        restart: bool = False) -> dict:
+    """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
+    what it writes to results.json. Raises RunStopped on NaN, disk errors and Ctrl-C."""
+    config = replace(config, output_dir=config.output_dir or default_output_dir(config.dataset))
+    output_dir = config.output_dir
+    saved_config = prepare_output_dir(config, restart)
 
     keras.utils.set_random_seed(config.seed)
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
-    print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
-          f"{len(data.x_test):,} test images; run directory {output_dir}")
-
-    steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
-    train = input_pipeline.train_dataset(x_train, y_train, config.batch_size,
-                                         make_augment(config), config.seed, 0, config.epochs)
-    val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size)
-
     model = build_model(config)
     compile_model(model, config, jit_compile=devices.use_xla(config.xla, device))
-    best = BestWeights(os.path.join(output_dir, BEST_WEIGHTS))
-    callbacks = [
-        best,
-        keras.callbacks.ReduceLROnPlateau(monitor=MONITOR, mode="max", factor=0.5,
-                                          patience=config.patience, min_lr=1e-6),
-        LearningRateLog(),
-        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv")),
-    ]
-    if config.early_stopping:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max",
-                                                       patience=config.early_stopping))
 
-    started = time.perf_counter()
-    history = model.fit(train, steps_per_epoch=steps, epochs=config.epochs,
-                        validation_data=val, callbacks=callbacks, shuffle=False,
-                        verbose=1 if sys.stdout.isatty() else 2)
-    train_seconds = time.perf_counter() - started
+    state = RunState(learning_rate=config.learning_rate)
+    checkpoint = os.path.join(output_dir, CHECKPOINT)
+    if saved_config is not None:
+        state = resume(checkpoint, model, config, saved_config)
+    else:
+        print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
+              f"{len(data.x_test):,} test images; run directory {output_dir}")
 
-    model.load_weights(best.path)
+    bookkeeper = Bookkeeper(config, state, output_dir)
+    if state.epochs_done < config.epochs and not state.stopped_early:
+        train = input_pipeline.train_dataset(x_train, y_train, config.batch_size,
+                                             make_augment(config), config.seed,
+                                             state.epochs_done, config.epochs)
+        val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size)
+        try:
+            with two_stage_interrupt(bookkeeper):
+                model.fit(train, initial_epoch=state.epochs_done, epochs=config.epochs,
+                          steps_per_epoch=input_pipeline.steps_per_epoch(len(x_train),
+                                                                         config.batch_size),
+                          validation_data=val, callbacks=[bookkeeper], shuffle=False,
+                          verbose=1 if sys.stdout.isatty() else 2)
+        except KeyboardInterrupt:
+            raise interrupted(config, state) from None
+        if bookkeeper.nan_at is not None:
+            raise diverged(config, state, *bookkeeper.nan_at)
+        if bookkeeper.stop_requested and state.epochs_done < config.epochs:
+            raise interrupted(config, state)
+
+    return finish(config, data, model, state, device)
+
+
+def resume(checkpoint: str, model, config: TrainConfig, saved: TrainConfig) -> RunState:
+    try:
+        state = load_checkpoint(checkpoint, model, model.optimizer)
+    except (KeyError, ValueError, OSError) as error:
+        raise UsageError(f"{checkpoint} does not fit this model or is damaged ({error}); "
+                         "add --restart to start the run over") from None
+    if config.learning_rate != saved.learning_rate:      # asked for anew, e.g. after a NaN
+        state.learning_rate = config.learning_rate
+        state.epochs_since_lr_change = 0
+    model.optimizer.learning_rate = state.learning_rate
+    best = (f", best validation top-1 {state.best_val_top1:.2%} at epoch {state.best_epoch}"
+            if state.best_epoch else "")
+    done = f"Resuming {config.output_dir}: {state.epochs_done} of {config.epochs} epochs done{best}"
+    if state.epochs_done >= config.epochs or state.stopped_early:
+        print(f"{done}; training is complete, evaluating the best weights")
+    else:
+        print(f"{done}; continuing at epoch {state.epochs_done + 1} with learning rate "
+              f"{state.learning_rate:g}")
+    return state
+
+
+def resume_command(config: TrainConfig) -> str:
+    script = f"train_{config.dataset}.py"
+    return f"python {script} --output-dir {config.output_dir} (with the same flags)"
+
+
+def interrupted(config: TrainConfig, state: RunState) -> RunStopped:
+    return RunStopped(f"stopped by Ctrl-C; {state.epochs_done} epoch(s) saved in "
+                      f"{config.output_dir}; to resume, run {resume_command(config)}",
+                      exit_code=130)
+
+
+def diverged(config: TrainConfig, state: RunState, epoch: int, step: int) -> RunStopped:
+    kept = (f"the best checkpoint (epoch {state.best_epoch}) is unchanged"
+            if state.best_epoch else "no checkpoint had been saved yet")
+    return RunStopped(f"the loss became NaN or infinite at epoch {epoch}, step {step}, so "
+                      f"training stopped; {kept}. Try a lower --learning-rate (now "
+                      f"{state.learning_rate:g}, e.g. {state.learning_rate / 4:g}): rerunning "
+                      "with it resumes from the last saved epoch")
+
+
+def finish(config: TrainConfig, data: cifar_data.CifarData, model, state: RunState,
+           device: devices.Device) -> dict:
+    """Evaluates the best weights on the test set and writes results.json."""
+    model.load_weights(os.path.join(config.output_dir, BEST_WEIGHTS))
     test = model.evaluate(input_pipeline.eval_dataset(data.x_test, data.y_test,
                                                       config.batch_size),
                           return_dict=True, verbose=0)
@@ -141,18 +282,19 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device)
         "test_top1": float(test["top1"]),
         "test_top5": float(test["top5"]),
         "test_loss": float(test["loss"]),
-        "best_val_top1": best.best,
-        "best_epoch": best.best_epoch,
-        "epochs_completed": len(history.history.get("loss", [])),
-        "train_seconds": round(train_seconds, 2),
+        "best_val_top1": state.best_val_top1,
+        "best_epoch": state.best_epoch,
+        "epochs_completed": state.epochs_done,
+        "stopped_early": state.stopped_early,
+        "train_seconds": round(state.train_seconds, 2),
         "device": device.kind,
         "device_name": device.name,
         **devices.versions(),
         "config": config.to_dict(),
     }
-    atomic_write_text(os.path.join(output_dir, "results.json"),
+    atomic_write_text(os.path.join(config.output_dir, "results.json"),
                       json.dumps(results, indent=2) + "\n")
-    print(f"Test accuracy of the best epoch ({best.best_epoch}): "
+    print(f"Test accuracy of the best epoch ({state.best_epoch}): "
           f"top-1 {results['test_top1']:.2%}, top-5 {results['test_top5']:.2%}")
-    print(f"Results in {os.path.join(output_dir, 'results.json')}")
+    print(f"Results in {os.path.join(config.output_dir, 'results.json')}")
     return results
