@@ -106,6 +106,8 @@ def banner(config: TrainConfig, device) -> str:
     import devices
     v = devices.versions()
     xla = "on" if devices.use_xla(config.xla, device) else "off"
+    precision = ("mixed float16" if devices.use_mixed_precision(config.mixed_precision, device)
+                 else "float32")
     return (f"ViT on {config.display_name} | TensorFlow {v['tensorflow_version']}, Keras "
             f"{v['keras_version']}, Python {v['python_version']} | training on "
-            f"{device.describe()}, XLA {xla}")
+            f"{device.describe()}, XLA {xla}, {precision}")

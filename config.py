@@ -91,6 +91,10 @@ class TrainConfig:
     xla: str = field(default="auto", metadata=_flag(
         "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
         "CPU), on, off", choices=("auto", "on", "off"), resumable=True))
+    mixed_precision: str = field(default="auto", metadata=_flag(
+        "float16 compute with float32 weights: auto (on for CUDA GPUs of compute capability "
+        "7.0 or more, whose tensor cores make it faster; DirectML has none), on, off",
+        choices=("auto", "on", "off"), resumable=True))
 
     # Derived facts, in one place so that model, data and checks agree.
     @property

@@ -193,6 +193,9 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
     saved_config = prepare_output_dir(config, restart)
 
     keras.utils.set_random_seed(config.seed)
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if devices.use_mixed_precision(config.mixed_precision, device)
+        else "float32")
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
     model = build_model(config)

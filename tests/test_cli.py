@@ -125,3 +125,37 @@ def test_whole_run_writes_checkpoint_history_and_results(tmp_path, cifar10_tar):
     assert max(float(r["val_top1"]) for r in rows) == pytest.approx(results["best_val_top1"])
     assert (out / "best.weights.h5").stat().st_size > 10_000
     assert TrainConfig.from_dict(json.loads((out / "config.json").read_text())).epochs == 2
+
+
+def test_xla_and_mixed_precision_only_where_supported():
+    import devices
+    cpu, dml = devices.Device("CPU", "cpu"), devices.Device("DirectML", "gpu")
+    volta = devices.Device("CUDA", "V100", compute_capability=(7, 0))
+    pascal = devices.Device("CUDA", "P100", compute_capability=(6, 0))
+    assert [devices.use_xla("auto", d) for d in (cpu, dml, volta)] == [False, False, True]
+    assert [devices.use_mixed_precision("auto", d) for d in (cpu, dml, pascal, volta)] == [
+        False, False, False, True]
+    assert devices.use_mixed_precision("off", volta) is False
+    for check, flag in ((devices.use_xla, "--xla on"),
+                        (devices.use_mixed_precision, "--mixed-precision on")):
+        with pytest.raises(UsageError, match=f"{flag} is not possible on DirectML"):
+            check("on", dml)
+
+
+def test_mixed_precision_model_trains_with_float32_logits():
+    import numpy as np
+    import tensorflow as tf
+    import training
+    from config import PRESETS
+    from vit_model import build_model
+    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = build_model(PRESETS["tiny"])
+        training.compile_model(model, PRESETS["tiny"], jit_compile=False)
+        x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+        history = model.fit(x, np.arange(8) % 10, epochs=2, verbose=0)
+        assert model(x).dtype == tf.float32
+        assert model.patch_proj.compute_dtype == "float16"
+        assert all(np.isfinite(history.history["loss"]))
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
