@@ -44,11 +44,11 @@ def batch_dict(dataset, images, labels, name):
     return batch
 
 
-def meta_dict(dataset):
+def meta_dict(dataset, names=None):
     if dataset == "cifar10":
         return {b"num_cases_per_batch": 10000, b"num_vis": 3072,
-                b"label_names": [n.encode() for n in label_names.CIFAR10]}
-    return {b"fine_label_names": [n.encode() for n in label_names.CIFAR100],
+                b"label_names": [n.encode() for n in (names or label_names.CIFAR10)]}
+    return {b"fine_label_names": [n.encode() for n in (names or label_names.CIFAR100)],
             b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}
 
 
@@ -56,21 +56,28 @@ def archive_files(dataset, per_batch=20, seed=0):
     """{path inside the archive: bytes}, and the (images, labels) written, by split."""
     layout, rng = LAYOUT[dataset], np.random.default_rng(seed)
     classes = 10 if dataset == "cifar10" else 100
-    files, written = {}, {"train": [], "test": []}
+    splits = {}
     for split in ("train", "test"):
-        for name in layout[split]:
-            labels = rng.integers(0, classes, per_batch)
-            images = class_pattern_images(labels, rng)
+        labels = rng.integers(0, classes, per_batch * len(layout[split]))
+        splits[split] = (class_pattern_images(labels, rng), labels)
+    return files_from_arrays(dataset, splits), splits
+
+
+def files_from_arrays(dataset, splits, names=None):
+    """{path inside the archive: bytes} for {"train": (images, labels), "test": (...)},
+    uint8 NHWC images; the training set is divided evenly over the training batches."""
+    layout, files = LAYOUT[dataset], {}
+    for split in ("train", "test"):
+        images, labels = splits[split]
+        parts = np.array_split(np.arange(len(images)), len(layout[split]))
+        for name, part in zip(layout[split], parts):
             files[f"{layout['folder']}/{name}"] = pickle.dumps(
-                batch_dict(dataset, images, labels, name), protocol=2)
-            written[split].append((images, labels))
+                batch_dict(dataset, images[part], labels[part], name), protocol=2)
     meta = "batches.meta" if dataset == "cifar10" else "meta"
-    files[f"{layout['folder']}/{meta}"] = pickle.dumps(meta_dict(dataset), protocol=2)
+    files[f"{layout['folder']}/{meta}"] = pickle.dumps(meta_dict(dataset, names), protocol=2)
     extra = "readme.html" if dataset == "cifar10" else "file.txt~"
     files[f"{layout['folder']}/{extra}"] = b"not read"
-    arrays = {split: (np.concatenate([x for x, _ in parts]), np.concatenate([y for _, y in parts]))
-              for split, parts in written.items()}
-    return files, arrays
+    return files
 
 
 def write_tar(path, files):
