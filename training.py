@@ -6,6 +6,7 @@ Run directory (--output-dir):
                         config.json, then load_weights)
     history.csv         one row of metrics per epoch
     results.json        test top-1/top-5 of the best weights, timings, device and versions
+    labels.json         the class names in label order
 """
 from __future__ import annotations
 
@@ -24,10 +25,10 @@ import data_augmentations
 import devices
 import input_pipeline
 from config import TrainConfig
+from saved_run import BEST_WEIGHTS, LABELS
 from vit_model import build_model
 
 keras = tf.keras
-BEST_WEIGHTS = "best.weights.h5"
 MONITOR = "val_top1"
 
 
@@ -100,6 +101,7 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device)
     os.makedirs(output_dir, exist_ok=True)
     atomic_write_text(os.path.join(output_dir, "config.json"),
                       json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(os.path.join(output_dir, LABELS), json.dumps(data.label_names) + "\n")
 
     keras.utils.set_random_seed(config.seed)
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
