@@ -80,6 +80,9 @@ class TrainConfig:
     xla: str = field(default="auto", metadata=_flag(
         "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
         "CPU), on, off", choices=("auto", "on", "off")))
+    # --- logging ------------------------------------------------------------------------------
+    tensorboard: bool = field(default=True, metadata=_flag(
+        "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)"))
 
     # Derived facts, in one place so that model, data and checks agree.
     @property

@@ -7,9 +7,11 @@ Run directory (--output-dir):
     history.csv         one row of metrics per epoch
     results.json        test top-1/top-5 of the best weights, timings, device and versions
     labels.json         the class names in label order
+    tensorboard/        TensorBoard logs (--tensorboard, on by default)
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -25,7 +27,7 @@ import data_augmentations
 import devices
 import input_pipeline
 from config import TrainConfig
-from saved_run import BEST_WEIGHTS, LABELS
+from saved_run import BEST_WEIGHTS, LABELS, TENSORBOARD
 from vit_model import build_model
 
 keras = tf.keras
@@ -78,6 +80,30 @@ class LearningRateLog(keras.callbacks.Callback):
             logs["learning_rate"] = self.rate
 
 
+def tensorboard_callbacks(config: TrainConfig, output_dir: str) -> list:
+    """[a TensorBoard callback] logging the per-epoch metrics into OUTPUT_DIR/tensorboard
+    (scalars only: no profiler, graph or histograms, which add time and disk to every run);
+    [] when --no-tensorboard, or, with a warning, when the tensorboard package is missing
+    (TensorFlow 2.21 no longer installs it, and the callback would then fail)."""
+    if not config.tensorboard:
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        print("warning: the tensorboard package is not installed (pip install tensorboard), "
+              "so this run writes no TensorBoard logs; --no-tensorboard silences this")
+        return []
+    return [TensorBoardLog(log_dir=os.path.join(output_dir, TENSORBOARD), profile_batch=0,
+                           write_graph=False)]
+
+
+class TensorBoardLog(keras.callbacks.TensorBoard):
+    """Logs the `learning_rate` that LearningRateLog put in the logs (the rate the epoch
+    trained with, as in history.csv). Keras 3's TensorBoard would log the optimizer's rate,
+    which ReduceLROnPlateau, called before it, may already have lowered for the next epoch."""
+
+    def _collect_learning_rate(self, logs):  # Keras's hook for that (TF 2.10 and Keras 3)
+        return logs
+
+
 def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
@@ -123,6 +149,7 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device)
                                           patience=config.patience, min_lr=1e-6),
         LearningRateLog(),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv")),
+        *tensorboard_callbacks(config, output_dir),
     ]
     if config.early_stopping:
         callbacks.append(keras.callbacks.EarlyStopping(monitor=MONITOR, mode="max",
