@@ -8,6 +8,7 @@ Run directory (--output-dir):
     results.json        test top-1/top-5 of the best weights, timings, device and versions
     labels.json         the class names in label order
     tensorboard/        TensorBoard logs (--tensorboard, on by default)
+    *.png               figures (visualize.py)
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import cifar_data
 import data_augmentations
 import devices
 import input_pipeline
+import visualize
 from config import TrainConfig
 from saved_run import BEST_WEIGHTS, LABELS, TENSORBOARD
 from vit_model import build_model
@@ -184,4 +186,5 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device)
     print(f"Test accuracy of the best epoch ({best.best_epoch}): "
           f"top-1 {results['test_top1']:.2%}, top-5 {results['test_top5']:.2%}")
     print(f"Results in {os.path.join(output_dir, 'results.json')}")
+    visualize.write_run_figures(output_dir, model, data.x_test, data.y_test, data.label_names)
     return results
