@@ -15,7 +15,9 @@ from checkpointing import RunStopped
 from config import DATASETS, PRESETS, TrainConfig, UsageError
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a UsageError: one line and exit code 2."""
+
     def error(self, message):  # one line, not the usage block
         raise UsageError(f"{message} (see --help)")
 
@@ -31,7 +33,7 @@ def _argument_type(hint):
 
 def build_parser(dataset: str) -> argparse.ArgumentParser:
     name = DATASETS[dataset][0]
-    parser = _Parser(
+    parser = Parser(
         prog=f"train_{dataset}.py",
         description=f"Train a Vision Transformer from scratch on {name}, on a DirectML or "
                     "CUDA GPU or the CPU. Each flag overrides the chosen preset.",

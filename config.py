@@ -95,6 +95,10 @@ class TrainConfig:
         "float16 compute with float32 weights: auto (on for CUDA GPUs of compute capability "
         "7.0 or more, whose tensor cores make it faster; DirectML has none), on, off",
         choices=("auto", "on", "off"), resumable=True))
+    # --- logging ------------------------------------------------------------------------------
+    tensorboard: bool = field(default=True, metadata=_flag(
+        "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)",
+        resumable=True))
 
     # Derived facts, in one place so that model, data and checks agree.
     @property

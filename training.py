@@ -9,15 +9,21 @@ Run directory (--output-dir):
     history.csv         one row of metrics per completed epoch
     results.json        test top-1/top-5 of the best weights, timings, device and versions;
                         written when training has finished
+    labels.json         the class names in label order
+    tensorboard/        TensorBoard logs (--tensorboard, on by default)
+    *.png               figures (visualize.py), drawn from the best weights at the end of
+                        the run and when it stops early
 Every file is replaced atomically: a crash leaves the previous version readable.
 """
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -30,14 +36,15 @@ import cifar_data
 import data_augmentations
 import devices
 import input_pipeline
+import visualize
 from checkpointing import (CHECKPOINT, RunState, RunStopped, atomic_save, atomic_write_text,
                            load_checkpoint, partial_path, save_checkpoint)
 from config import TrainConfig, UsageError
+from saved_run import BEST_WEIGHTS, CONFIG, HISTORY, LABELS, RESULTS, TENSORBOARD
 from vit_model import build_model
 
 keras = tf.keras
-BEST_WEIGHTS = "best.weights.h5"
-RUN_FILES = ("config.json", CHECKPOINT, BEST_WEIGHTS, "history.csv", "results.json")
+RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, HISTORY, RESULTS)
 MIN_LEARNING_RATE = 1e-6
 LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate
 
@@ -73,6 +80,8 @@ class Bookkeeper(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_at is not None:        # nothing of this epoch is kept
             return
+        if logs is not None:               # for TensorBoard, which comes after
+            logs["learning_rate"] = self.state.learning_rate
         state, logs = self.state, dict(logs or {})
         state.train_seconds += time.perf_counter() - self.epoch_started
         state.epochs_done = epoch + 1
@@ -103,7 +112,7 @@ class Bookkeeper(keras.callbacks.Callback):
                   f"{self.config.early_stopping} epochs")
 
         save_checkpoint(self.path(CHECKPOINT), self.model, self.model.optimizer, state)
-        write_history(self.path("history.csv"), state.history)
+        write_history(self.path(HISTORY), state.history)
         if self.stop_requested:
             self.model.stop_training = True
 
@@ -117,6 +126,30 @@ def write_history(path: str, history) -> None:
     writer.writeheader()
     writer.writerows(history)
     atomic_write_text(path, buffer.getvalue())
+
+
+def tensorboard_callbacks(config: TrainConfig, output_dir: str) -> list:
+    """[a TensorBoard callback] logging the per-epoch metrics into OUTPUT_DIR/tensorboard
+    (scalars only: no profiler, graph or histograms, which add time and disk to every run);
+    [] when --no-tensorboard, or, with a warning, when the tensorboard package is missing
+    (TensorFlow 2.21 no longer installs it, and the callback would then fail)."""
+    if not config.tensorboard:
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        print("warning: the tensorboard package is not installed (pip install tensorboard), "
+              "so this run writes no TensorBoard logs; --no-tensorboard silences this")
+        return []
+    return [TensorBoardLog(log_dir=os.path.join(output_dir, TENSORBOARD), profile_batch=0,
+                           write_graph=False)]
+
+
+class TensorBoardLog(keras.callbacks.TensorBoard):
+    """Logs the `learning_rate` the Bookkeeper put in the logs: the rate the epoch trained
+    with, as in history.csv. Keras 3's TensorBoard would read the optimizer's rate, which
+    the Bookkeeper may already have lowered for the next epoch."""
+
+    def _collect_learning_rate(self, logs):  # Keras's hook for that (TF 2.10 and Keras 3)
+        return logs
 
 
 @contextmanager
@@ -164,7 +197,8 @@ def prepare_output_dir(config: TrainConfig, restart: bool):
                          partial_path(os.path.join(output_dir, name))):
                 if os.path.exists(path):
                     os.remove(path)
-    config_path = os.path.join(output_dir, "config.json")
+        shutil.rmtree(os.path.join(output_dir, TENSORBOARD), ignore_errors=True)
+    config_path = os.path.join(output_dir, CONFIG)
     saved = None
     if os.path.exists(os.path.join(output_dir, CHECKPOINT)) and os.path.exists(config_path):
         with open(config_path, encoding="utf-8") as handle:
@@ -191,6 +225,7 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
     config = replace(config, output_dir=config.output_dir or default_output_dir(config.dataset))
     output_dir = config.output_dir
     saved_config = prepare_output_dir(config, restart)
+    atomic_write_text(os.path.join(output_dir, LABELS), json.dumps(data.label_names) + "\n")
 
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_global_policy(
@@ -220,16 +255,34 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
                 model.fit(train, initial_epoch=state.epochs_done, epochs=config.epochs,
                           steps_per_epoch=input_pipeline.steps_per_epoch(len(x_train),
                                                                          config.batch_size),
-                          validation_data=val, callbacks=[bookkeeper], shuffle=False,
+                          validation_data=val, shuffle=False,
+                          callbacks=[bookkeeper, *tensorboard_callbacks(config, output_dir)],
                           verbose=1 if sys.stdout.isatty() else 2)
         except KeyboardInterrupt:
-            raise interrupted(config, state) from None
-        if bookkeeper.nan_at is not None:
-            raise diverged(config, state, *bookkeeper.nan_at)
-        if bookkeeper.stop_requested and state.epochs_done < config.epochs:
-            raise interrupted(config, state)
+            stopped = interrupted(config, state)
+        else:
+            stopped = (diverged(config, state, *bookkeeper.nan_at) if bookkeeper.nan_at else
+                       interrupted(config, state) if bookkeeper.stop_requested and
+                       state.epochs_done < config.epochs else None)
+        if stopped is not None:
+            draw_figures(config, data, model)
+            raise stopped
 
     return finish(config, data, model, state, device)
+
+
+def draw_figures(config: TrainConfig, data: cifar_data.CifarData, model) -> None:
+    """The run's figures from its best weights (none before the first epoch has ended)."""
+    best = os.path.join(config.output_dir, BEST_WEIGHTS)
+    if not os.path.exists(best):
+        return
+    print("Drawing the figures of the run so far (Ctrl-C skips them)", flush=True)
+    try:
+        model.load_weights(best)
+        visualize.write_run_figures(config.output_dir, model, data.x_test, data.y_test,
+                                    data.label_names)
+    except KeyboardInterrupt:
+        print("figures skipped")
 
 
 def resume(checkpoint: str, model, config: TrainConfig, saved: TrainConfig) -> RunState:
@@ -275,7 +328,7 @@ def diverged(config: TrainConfig, state: RunState, epoch: int, step: int) -> Run
 
 def finish(config: TrainConfig, data: cifar_data.CifarData, model, state: RunState,
            device: devices.Device) -> dict:
-    """Evaluates the best weights on the test set and writes results.json."""
+    """Evaluates the best weights on the test set, writes results.json and the figures."""
     model.load_weights(os.path.join(config.output_dir, BEST_WEIGHTS))
     test = model.evaluate(input_pipeline.eval_dataset(data.x_test, data.y_test,
                                                       config.batch_size),
@@ -295,9 +348,11 @@ def finish(config: TrainConfig, data: cifar_data.CifarData, model, state: RunSta
         **devices.versions(),
         "config": config.to_dict(),
     }
-    atomic_write_text(os.path.join(config.output_dir, "results.json"),
+    atomic_write_text(os.path.join(config.output_dir, RESULTS),
                       json.dumps(results, indent=2) + "\n")
     print(f"Test accuracy of the best epoch ({state.best_epoch}): "
           f"top-1 {results['test_top1']:.2%}, top-5 {results['test_top5']:.2%}")
-    print(f"Results in {os.path.join(config.output_dir, 'results.json')}")
+    print(f"Results in {os.path.join(config.output_dir, RESULTS)}")
+    visualize.write_run_figures(config.output_dir, model, data.x_test, data.y_test,
+                                data.label_names)
     return results

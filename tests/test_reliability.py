@@ -102,6 +102,8 @@ def test_ctrl_c_stops_after_saving_and_says_how_to_resume(tmp_path, slow_tar):
     assert f"stopped by Ctrl-C; {done} epoch(s) saved in {out}" in stderr
     assert f"python train_cifar10.py --output-dir {out}" in stderr
     assert "Traceback" not in stderr and not (out / "results.json").exists()
+    for figure in ("training_curves.png", "confusion_matrix.png", "attention_maps.png"):
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"    # drawn on stopping
 
 
 def test_restart_starts_over(tmp_path, slow_tar):

@@ -1,0 +1,78 @@
+"""Re-evaluate a run's saved model on the test set.
+
+    python evaluate.py RUN_DIR [--data-dir DIR] [--batch-size N]
+
+prints test top-1 / top-5 / loss of best.weights.h5 and compares them with the run's
+results.json (the same evaluation the run did at its end, so they should agree; a different
+--data-dir can change them).
+"""
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+from cli import Parser
+from config import UsageError
+
+METRICS = ("test_top1", "test_top5", "test_loss")
+
+
+def evaluate_run(run, x_test, y_test, batch_size: int) -> dict:
+    """{test_top1, test_top5, test_loss} of the run's best weights, computed as training.run
+    computes them (same compiled metrics, same input pipeline)."""
+    import input_pipeline
+    import saved_run
+    import training
+    model = saved_run.load_model(run)
+    training.compile_model(model, run.config, jit_compile=False)
+    test = model.evaluate(input_pipeline.eval_dataset(x_test, y_test, batch_size),
+                          return_dict=True, verbose=0)
+    return {"test_top1": float(test["top1"]), "test_top5": float(test["top5"]),
+            "test_loss": float(test["loss"])}
+
+
+def comparison(measured: dict, stored: Optional[dict]) -> str:
+    """One line saying whether `measured` matches results.json's numbers."""
+    if stored is None:
+        return "results.json: none (the run ended before its test evaluation)"
+    differences = {key: measured[key] - stored[key] for key in METRICS if key in stored}
+    if all(abs(value) < 5e-5 for value in differences.values()):
+        return "results.json: the same"
+    return "results.json differs: " + ", ".join(
+        f"{key} {stored[key]:.4f} there, {measured[key]:.4f} now" for key in differences
+        if abs(differences[key]) >= 5e-5)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """Returns the exit code: 0, or 2 with one `error:` line for bad input."""
+    parser = Parser(prog="evaluate.py",
+                    description="Evaluate a run's best weights on the test set again.")
+    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
+                                        "train_cifar100.py")
+    parser.add_argument("--data-dir", help="where the test set is (default: where the run "
+                                           "read its data)")
+    parser.add_argument("--batch-size", type=int,
+                        help="images per step (default: the run's batch size)")
+    try:
+        args = parser.parse_args(argv)
+        import saved_run
+        run = saved_run.open_run(args.run_dir)
+        batch_size = run.config.batch_size if args.batch_size is None else args.batch_size
+        if batch_size < 1:
+            raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
+        x_test, y_test = saved_run.load_test_data(run, args.data_dir)
+        measured = evaluate_run(run, x_test, y_test, batch_size)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{run.config.display_name} test set, {len(x_test):,} images: top-1 "
+          f"{measured['test_top1']:.2%}, top-5 {measured['test_top5']:.2%}, loss "
+          f"{measured['test_loss']:.4f}")
+    print(comparison(measured, run.results()))
+    return 0
+
+
+if __name__ == "__main__":
+    import devices
+    devices.prepare_environment(None)
+    sys.exit(main())
