@@ -62,9 +62,8 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 def parse(dataset: str, argv: Optional[List[str]]) -> Tuple[TrainConfig, argparse.Namespace]:
     """The validated TrainConfig these flags describe, and the parsed flags."""
     args = build_parser(dataset).parse_args(argv)
-    overrides = {k: v for k, v in vars(args).items() if k not in ("preset", "list_devices")}
-    if "head_units" in overrides:
-        overrides["head_units"] = tuple(overrides["head_units"])
+    overrides = {k: tuple(v) if isinstance(v, list) else v          # nargs "+" -> tuples
+                 for k, v in vars(args).items() if k not in ("preset", "list_devices")}
     config = dataclasses.replace(PRESETS[args.preset], dataset=dataset, **overrides)
     return config.validate(), args
 
