@@ -5,6 +5,7 @@ import tensorflow as tf
 
 import data_augmentations as aug
 from config import RANDAUGMENT_OPS
+from conftest import run_app
 
 SEED = tf.constant([3, 4])
 
@@ -315,4 +316,16 @@ def test_mixup_and_cutmix_together_choose_per_image_and_alpha_zero_is_off():
     same, labels_again = aug.augment_batch(tf.constant(images), labels, SEED)
     np.testing.assert_array_equal(same, images)
     np.testing.assert_array_equal(labels_again, labels)
+
+
+# --- the preview -----------------------------------------------------------------------------
+
+def test_preview_saves_a_png_of_training_images(tmp_path, cifar10_tar):
+    path = tmp_path / "preview.png"
+    result = run_app("data_augmentations.py", "--preview", path, "--data-dir", cifar10_tar,
+                     "--rows", 2, "--versions", 3, "--mixup-alpha", 0.3)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    result = run_app("data_augmentations.py", "--preview", path, "--randaugment-n", 99)
+    assert result.returncode == 2 and "--randaugment-n must be 0 to 8" in result.stderr
 
