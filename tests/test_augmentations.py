@@ -1,4 +1,6 @@
 """Augmentation ops: identity at zero, per-image draws, seeds, and numpy/tf.image references."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -318,7 +320,7 @@ def test_mixup_and_cutmix_together_choose_per_image_and_alpha_zero_is_off():
     np.testing.assert_array_equal(labels_again, labels)
 
 
-# --- the preview -----------------------------------------------------------------------------
+# --- the preview and the benchmark ------------------------------------------------------------
 
 def test_preview_saves_a_png_of_training_images(tmp_path, cifar10_tar):
     path = tmp_path / "preview.png"
@@ -329,3 +331,14 @@ def test_preview_saves_a_png_of_training_images(tmp_path, cifar10_tar):
     result = run_app("data_augmentations.py", "--preview", path, "--randaugment-n", 99)
     assert result.returncode == 2 and "--randaugment-n must be 0 to 8" in result.stderr
 
+
+def test_benchmark_runs_and_reports_the_ratios():
+    result = run_app("benchmarks/pipeline_throughput.py", "--images", 600, "--seconds", 0.05,
+                     "--windows", 1, "--batch-size", 64, "--train-batch-sizes", 16,
+                     "--preset", "tiny")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in ["batched pipeline", "per-image pipeline", "train steps, batch 16",
+                 "batched / per-image pipeline", "batched / train steps, batch 16"]:
+        assert line in result.stdout
+    assert math.isfinite(float(result.stdout.split("batched / per-image pipeline")[1]
+                               .split("x")[0]))
