@@ -68,9 +68,8 @@ def parse(dataset: str, argv: Optional[List[str]]) -> Tuple[TrainConfig, argpars
     """The validated TrainConfig these flags describe, and the parsed flags."""
     args = build_parser(dataset).parse_args(argv)
     actions = ("preset", "list_devices", "restart")
-    overrides = {k: v for k, v in vars(args).items() if k not in actions}
-    if "head_units" in overrides:
-        overrides["head_units"] = tuple(overrides["head_units"])
+    overrides = {k: tuple(v) if isinstance(v, list) else v          # nargs "+" -> tuples
+                 for k, v in vars(args).items() if k not in actions}
     config = dataclasses.replace(PRESETS[args.preset], dataset=dataset, **overrides)
     return config.validate(), args
 

@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
 IMAGE_SIZE = 32  # CIFAR images are 32x32x3 uint8
+# RandAugment's operations (data_augmentations.py) and its magnitude scale, here because
+# flags are checked before TensorFlow is imported.
+RANDAUGMENT_OPS = ("rotation", "shear", "zoom", "translation",
+                   "hue", "saturation", "brightness", "contrast")
+MAX_MAGNITUDE = 30.0
 DATASETS = {"cifar10": ("CIFAR-10", 10), "cifar100": ("CIFAR-100", 100)}
 
 
@@ -79,10 +84,38 @@ class TrainConfig:
         resumable=True))
     seed: int = field(default=42, metadata=_flag(
         "seed for the split, initial weights, shuffling and augmentation"))
-    # --- augmentation (data_augmentations.py) ------------------------------------------------
-    flip: bool = field(default=True, metadata=_flag("random horizontal flips"))
+    # --- augmentation (data_augmentations.py), in the order applied -------------------------
+    # Defaults: crop + flip as the seed sample, plus RandAugment N=2, M=9 (of 30). A ViT has
+    # no convolutional prior and overfits CIFAR's 42,500 training images within tens of
+    # epochs; moderate per-image RandAugment is the usual cure for small ViTs on CIFAR.
+    # Erasing, mixup and cutmix stay off: a 0.6 M-parameter model trained for 100 epochs has
+    # little capacity to spare, and stacking them (the DeiT recipe is for 300 epochs and
+    # 5 M+ parameters) risks underfitting. These are judgements from the literature, not
+    # measured here (no CIFAR or GPU on this project's machines).
     crop_padding: int = field(default=4, metadata=_flag(
         "random crops after padding by this many pixels per side (0: off)"))
+    flip: bool = field(default=True, metadata=_flag("random horizontal flips"))
+    vertical_flip: bool = field(default=False, metadata=_flag(
+        "random vertical flips (off: upside-down photos are not natural CIFAR images)"))
+    randaugment_ops: Tuple[str, ...] = field(default=RANDAUGMENT_OPS, metadata=_flag(
+        "the operations RandAugment picks from, per image", choices=RANDAUGMENT_OPS))
+    randaugment_n: int = field(default=2, metadata=_flag(
+        "RandAugment: distinct operations per image (0: off)"))
+    randaugment_magnitude: float = field(default=9.0, metadata=_flag(
+        f"RandAugment magnitude, 0 (identity) to {MAX_MAGNITUDE:g} (e.g. rotations up to "
+        f"+-45 degrees); each image draws its parameters uniformly within it"))
+    randaugment_prob: float = field(default=1.0, metadata=_flag(
+        "RandAugment: probability that each chosen operation is applied"))
+    erasing_prob: float = field(default=0.0, metadata=_flag(
+        "random erasing (cutout): probability per image of replacing a rectangle by noise"))
+    erasing_max_area: float = field(default=0.4, metadata=_flag(
+        "random erasing: largest rectangle, as a fraction of the image area"))
+    mixup_alpha: float = field(default=0.0, metadata=_flag(
+        "mixup: Beta(alpha, alpha) mixing ratio per image (0: off; 0.2-1 is typical); "
+        "labels become soft"))
+    cutmix_alpha: float = field(default=0.0, metadata=_flag(
+        "cutmix: Beta(alpha, alpha) ratio per image (0: off; 1 is typical); with mixup too, "
+        "each image gets one of the two; labels become soft"))
     # --- device and speed ---------------------------------------------------------------
     gpu: Optional[int] = field(default=None, metadata=_flag(
         "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
@@ -110,6 +143,12 @@ class TrainConfig:
         return DATASETS[self.dataset][0]
 
     @property
+    def soft_labels(self) -> bool:
+        """mixup and cutmix make soft labels, so training then uses one-hot labels with the
+        categorical loss and metrics, for training, validation and test data alike."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    @property
     def patches_per_side(self) -> int:
         return (IMAGE_SIZE - self.patch_size) // self.patch_stride + 1
 
@@ -119,9 +158,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: v for k, v in values.items() if k in known}
-        if "head_units" in values:
-            values["head_units"] = tuple(values["head_units"])
+        values = {k: tuple(v) if isinstance(v, list) else v        # JSON lists -> tuples
+                  for k, v in values.items() if k in known}
         return cls(**values)
 
     def differences_that_block_resume(self, other: "TrainConfig") -> list:
@@ -153,6 +191,7 @@ class TrainConfig:
                              f"got {self.validation_fraction}")
         if self.early_stopping < 0 or self.crop_padding < 0:
             raise UsageError("--early-stopping and --crop-padding must be 0 or more")
+        self._validate_augmentation()
         if self.patch_size > IMAGE_SIZE:
             raise UsageError(f"--patch-size {self.patch_size} is larger than the "
                              f"{IMAGE_SIZE}x{IMAGE_SIZE} image; use at most {IMAGE_SIZE}")
@@ -170,6 +209,26 @@ class TrainConfig:
         if self.gpu is not None and self.gpu < 0:
             raise UsageError(f"--gpu must be 0 or more, got {self.gpu}")
         return self
+
+    def _validate_augmentation(self) -> None:
+        ops = self.randaugment_ops
+        unknown = [op for op in ops if op not in RANDAUGMENT_OPS]
+        if unknown or len(set(ops)) != len(ops) or not ops:
+            raise UsageError(f"--randaugment-ops must name distinct operations from "
+                             f"{' '.join(RANDAUGMENT_OPS)}, got {' '.join(ops) or 'none'}")
+        if not 0 <= self.randaugment_n <= len(ops):
+            raise UsageError(f"--randaugment-n must be 0 to {len(ops)} (the number of "
+                             f"--randaugment-ops), got {self.randaugment_n}")
+        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
+            raise UsageError(f"--randaugment-magnitude must be 0 to {MAX_MAGNITUDE:g}, "
+                             f"got {self.randaugment_magnitude}")
+        for name in ("randaugment_prob", "erasing_prob", "erasing_max_area"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"--{_dashed(name)} must be 0 to 1, got {getattr(self, name)}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"--{_dashed(name)} must be 0 (off) or more, "
+                                 f"got {getattr(self, name)}")
 
 
 def _dashed(name: str) -> str:

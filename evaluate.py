@@ -25,7 +25,8 @@ def evaluate_run(run, x_test, y_test, batch_size: int) -> dict:
     import training
     model = saved_run.load_model(run)
     training.compile_model(model, run.config, jit_compile=False)
-    test = model.evaluate(input_pipeline.eval_dataset(x_test, y_test, batch_size),
+    test = model.evaluate(input_pipeline.eval_dataset(x_test, y_test, batch_size,
+                                                      training.label_classes(run.config)),
                           return_dict=True, verbose=0)
     return {"test_top1": float(test["top1"]), "test_top5": float(test["top5"]),
             "test_loss": float(test["loss"])}

@@ -7,13 +7,14 @@ augmentations, runs are reproducible, and a resumed run can start at any epoch.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
-# images (B, 32, 32, 3) uint8, labels (B,), seed [2] int -> (images, labels)
+# images (B, 32, 32, 3) uint8, labels (B,), seed [2] int -> (images, labels); the labels
+# come back as class indices, or as (B, classes) float when mixup/cutmix make them soft.
 BatchAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]
 
 
@@ -44,6 +45,14 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
     return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:
-    return (tf.data.Dataset.from_tensor_slices((images, labels)).cache()
-            .batch(batch_size).prefetch(AUTOTUNE))
+def encode_labels(labels, one_hot_classes: Optional[int]):
+    """Class indices (B,) as the loss wants them: unchanged for the sparse loss (None), or
+    float32 one-hot (B, one_hot_classes) for the categorical loss that soft labels need."""
+    return labels if one_hot_classes is None else tf.one_hot(labels, one_hot_classes)
+
+
+def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                 one_hot_classes: Optional[int] = None) -> tf.data.Dataset:
+    """Validation or test batches in order, labels encoded as by encode_labels."""
+    return (tf.data.Dataset.from_tensor_slices((images, labels)).cache().batch(batch_size)
+            .map(lambda x, y: (x, encode_labels(y, one_hot_classes))).prefetch(AUTOTUNE))

@@ -29,6 +29,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Optional
 
 import tensorflow as tf
 
@@ -170,19 +171,43 @@ def two_stage_interrupt(bookkeeper: Bookkeeper):
         signal.signal(signal.SIGINT, previous)
 
 
+def label_classes(config: TrainConfig) -> Optional[int]:
+    """How labels are encoded for this config (input_pipeline.encode_labels' one_hot_classes):
+    one-hot over config.num_classes when mixup/cutmix make soft labels, else None (class
+    indices). Training, validation and test data must all follow it, as compile_model does."""
+    return config.num_classes if config.soft_labels else None
+
+
 def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                 keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
-        jit_compile=jit_compile)
+    """Adam, cross-entropy on logits, metrics top1/top5: the categorical forms for one-hot
+    (soft) labels, the sparse forms for class indices, as label_classes(config) says."""
+    if label_classes(config) is None:
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="top1"),
+                   keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
+    else:
+        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
+        metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
+                   keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                  loss=loss, metrics=metrics, jit_compile=jit_compile)
 
 
 def make_augment(config: TrainConfig) -> input_pipeline.BatchAugment:
+    """The batch augment callback for input_pipeline.train_dataset, as the config sets it;
+    labels come out encoded as label_classes(config) says."""
+    one_hot_classes = label_classes(config)
+
     def augment(images, labels, seed):
-        return data_augmentations.augment_batch(images, seed, flip=config.flip,
-                                                crop_padding=config.crop_padding), labels
+        return data_augmentations.augment_batch(
+            images, input_pipeline.encode_labels(labels, one_hot_classes), seed,
+            crop_padding=config.crop_padding, flip=config.flip,
+            vertical_flip=config.vertical_flip, randaugment_ops=config.randaugment_ops,
+            randaugment_n=config.randaugment_n,
+            randaugment_magnitude=config.randaugment_magnitude,
+            randaugment_prob=config.randaugment_prob, erasing_prob=config.erasing_prob,
+            erasing_max_area=config.erasing_max_area, mixup_alpha=config.mixup_alpha,
+            cutmix_alpha=config.cutmix_alpha)
     return augment
 
 
@@ -249,7 +274,8 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
         train = input_pipeline.train_dataset(x_train, y_train, config.batch_size,
                                              make_augment(config), config.seed,
                                              state.epochs_done, config.epochs)
-        val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size)
+        val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size,
+                                          label_classes(config))
         try:
             with two_stage_interrupt(bookkeeper):
                 model.fit(train, initial_epoch=state.epochs_done, epochs=config.epochs,
@@ -331,7 +357,7 @@ def finish(config: TrainConfig, data: cifar_data.CifarData, model, state: RunSta
     """Evaluates the best weights on the test set, writes results.json and the figures."""
     model.load_weights(os.path.join(config.output_dir, BEST_WEIGHTS))
     test = model.evaluate(input_pipeline.eval_dataset(data.x_test, data.y_test,
-                                                      config.batch_size),
+                                                      config.batch_size, label_classes(config)),
                           return_dict=True, verbose=0)
     results = {
         "dataset": config.dataset,

@@ -16,13 +16,22 @@ def test_flags_override_the_preset_and_cover_every_field():
                                        "--no-flip", "--learning-rate", "0.01"])
     assert config == TrainConfig(dataset="cifar100", epochs=3, head_units=(32, 16),
                                  flip=False, learning_rate=0.01)
+    augmented, _ = cli.parse("cifar10", ["--randaugment-ops", "hue", "rotation",
+                                         "--randaugment-n", "1", "--mixup-alpha", "0.2",
+                                         "--vertical-flip"])
+    assert augmented.randaugment_ops == ("hue", "rotation") and augmented.randaugment_n == 1
+    assert augmented.soft_labels and augmented.vertical_flip and not TrainConfig().soft_labels
+    assert TrainConfig.from_dict(json.loads(json.dumps(augmented.to_dict()))) == augmented
     tiny, _ = cli.parse("cifar10", ["--preset", "tiny", "--num-layers", "3"])
     assert tiny.num_layers == 3 and tiny.embedding_dim == 32
     help_text = cli.build_parser("cifar10").format_help()
     for flag in ["--data-dir", "--output-dir", "--epochs", "--batch-size", "--learning-rate",
                  "--patch-size", "--patch-stride", "--num-layers", "--embedding-dim",
                  "--num-heads", "--mlp-hidden-dim", "--patience", "--seed", "--gpu",
-                 "--list-devices"]:
+                 "--list-devices", "--crop-padding", "--flip", "--vertical-flip",
+                 "--randaugment-ops", "--randaugment-n", "--randaugment-magnitude",
+                 "--randaugment-prob", "--erasing-prob", "--erasing-max-area",
+                 "--mixup-alpha", "--cutmix-alpha"]:
         assert flag in help_text
 
 
@@ -35,6 +44,13 @@ def test_flags_override_the_preset_and_cover_every_field():
     (["--learning-rate", "0"], "--learning-rate must be positive"),
     (["--num-layers", "0"], "--num-layers must be a positive"),
     (["--epochs", "many"], "invalid int value"),
+    (["--randaugment-n", "9"], "--randaugment-n must be 0 to 8"),
+    (["--randaugment-ops", "hue", "--randaugment-n", "2"], "--randaugment-n must be 0 to 1"),
+    (["--randaugment-ops", "hue", "hue"], "--randaugment-ops must name distinct"),
+    (["--randaugment-ops", "blur"], "invalid choice: 'blur'"),
+    (["--randaugment-magnitude", "31"], "--randaugment-magnitude must be 0 to 30"),
+    (["--erasing-prob", "1.5"], "--erasing-prob must be 0 to 1"),
+    (["--mixup-alpha", "-0.1"], r"--mixup-alpha must be 0 \(off\) or more"),
 ])
 def test_bad_flags_get_one_line_and_exit_code_2(args, message):
     with pytest.raises(UsageError, match=message):

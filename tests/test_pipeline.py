@@ -13,7 +13,7 @@ def label_coded_images(n):
 
 
 def augment(images, labels, seed):
-    return aug.augment_batch(images, seed, flip=True, crop_padding=4), labels
+    return aug.augment_batch(images, labels, seed, crop_padding=4, flip=True)
 
 
 def collect(dataset):
@@ -81,3 +81,59 @@ def test_crop_shifts_each_image_within_the_padding():
     assert len(shifts) > 5
     np.testing.assert_array_equal(aug.random_crop(tf.constant(images), tf.constant([3, 4]), 0),
                                   images)
+
+
+def test_the_default_augmentation_is_fresh_every_epoch():
+    """The sample's settings (crop, flip, RandAugment) through the real pipeline."""
+    from config import TrainConfig
+    import training
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(40)                                  # one image per label
+    batches = collect(input_pipeline.train_dataset(
+        images, labels, 20, training.make_augment(TrainConfig()), 3, 0, 2))
+    epochs = [{}, {}]
+    for epoch, (x, y) in zip([0, 0, 1, 1], batches):
+        assert x.dtype == np.uint8 and x.shape == (20, 32, 32, 3)
+        epochs[epoch].update(zip(y.tolist(), x))
+    assert sorted(epochs[0]) == sorted(epochs[1]) == labels.tolist()
+    assert all(not np.array_equal(epochs[0][k], images[k]) for k in labels)
+    assert all(not np.array_equal(epochs[0][k], epochs[1][k]) for k in labels)
+
+
+def test_mixed_labels_stay_with_their_images():
+    """With mixup and cutmix on, each soft label still describes its own image's pixels."""
+    from config import TrainConfig
+    import training
+    images, labels = label_coded_images(60)
+    config = TrainConfig(mixup_alpha=0.4, cutmix_alpha=1.0, crop_padding=0, flip=False,
+                         randaugment_n=0)
+    for x, y in collect(input_pipeline.train_dataset(images, labels, 16,
+                                                     training.make_augment(config), 1, 0, 2)):
+        assert y.shape == (len(x), 10) and y.dtype == np.float32
+        np.testing.assert_allclose(y.sum(axis=1), 1, atol=1e-6)
+        # image of class k has value 10 + k: the mean pixel is the label-weighted value
+        np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), y @ (10.0 + np.arange(10)),
+                                   atol=0.51)
+        assert (y.max(axis=1) < 0.999).any()
+
+
+def test_soft_labels_train_and_evaluate_under_the_same_metric_names():
+    from dataclasses import replace
+    from config import PRESETS
+    import training
+    from vit_model import build_model
+    images, labels = label_coded_images(32)
+    for config in [replace(PRESETS["tiny"], mixup_alpha=0.2), PRESETS["tiny"]]:
+        classes = training.label_classes(config)
+        val = input_pipeline.eval_dataset(images, labels, 16, classes)
+        assert val.element_spec[1].shape.as_list() == ([None] if classes is None
+                                                       else [None, 10])
+        model = build_model(config)
+        training.compile_model(model, config, jit_compile=False)
+        train = input_pipeline.train_dataset(images, labels, 16,
+                                             training.make_augment(config), 0, 0, 1)
+        history = model.fit(train, steps_per_epoch=2, epochs=1, validation_data=val,
+                            shuffle=False, verbose=0).history
+        assert {"loss", "top1", "top5", "val_loss", "val_top1", "val_top5"} <= set(history)
+        scores = model.evaluate(val, return_dict=True, verbose=0)
+        assert 0 <= scores["top1"] <= scores["top5"] <= 1

@@ -223,3 +223,22 @@ def test_evaluate_reproduces_the_test_accuracy_in_results_json(tiny_run, cifar10
     stored = run.results()
     assert f"top-1 {stored['test_top1']:.2%}, top-5 {stored['test_top5']:.2%}" in lines[-2]
     assert lines[-1] == "results.json: the same"
+
+
+def test_a_mixup_run_trains_on_soft_labels_and_evaluates_the_same(tmp_path, cifar10_tar):
+    """Soft labels switch the loss and metrics to their categorical forms; evaluate.py must
+    encode the test labels the same way."""
+    import cifar_data
+    import devices
+    import training
+    config = replace(PRESETS["tiny"], epochs=1, batch_size=32, mixup_alpha=0.4,
+                     cutmix_alpha=1.0, data_dir=cifar10_tar,
+                     output_dir=str(tmp_path / "mix")).validate()
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = training.run(config, cifar_data.load("cifar10", cifar10_tar),
+                               devices.detect())
+    run = saved_run.open_run(config.output_dir)
+    x_test, y_test = saved_run.load_test_data(run)
+    again = evaluate.evaluate_run(run, x_test, y_test, batch_size=64)
+    assert again["test_top1"] == pytest.approx(results["test_top1"], abs=1e-6)
+    assert again["test_loss"] == pytest.approx(results["test_loss"], rel=1e-4)

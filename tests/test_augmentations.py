@@ -1,0 +1,344 @@
+"""Augmentation ops: identity at zero, per-image draws, seeds, and numpy/tf.image references."""
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import data_augmentations as aug
+from config import RANDAUGMENT_OPS
+from conftest import run_app
+
+SEED = tf.constant([3, 4])
+
+
+def random_images(n, size=32, seed=0, low=0, high=256):
+    return np.random.default_rng(seed).integers(low, high, (n, size, size, 3), dtype=np.uint8)
+
+
+def transform(images, sampling):
+    """projective_transform on uint8 numpy images, rounded back to uint8."""
+    out = aug.projective_transform(tf.constant(images, tf.float32), sampling)
+    return np.round(out.numpy()).astype(np.uint8)
+
+
+def per_image(value, n):
+    return tf.fill([n], float(value))
+
+
+# Every batch op, as (images, seed, magnitude) -> images, with a strong magnitude.
+OPS = {
+    "rotation": (aug.random_rotation, 30.0),
+    "shear": (aug.random_shear, 0.3),
+    "zoom": (aug.random_zoom, 0.3),
+    "translation": (aug.random_translation, 0.2),
+    "hue": (aug.random_hue, 0.3),
+    "saturation": (aug.random_saturation, 0.8),
+    "brightness": (aug.random_brightness, 0.3),
+    "contrast": (aug.random_contrast, 0.8),
+    "crop": (aug.random_crop, 4),
+    "erasing": (lambda images, seed, area: aug.random_erasing(images, seed, 1.0, area), 0.4),
+    "randaugment": (lambda images, seed, magnitude: aug.rand_augment(
+        images, seed, RANDAUGMENT_OPS, 2, magnitude, 1.0), 15.0),
+}
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_zero_magnitude_is_the_identity_and_shape_and_dtype_are_kept(name):
+    op, magnitude = OPS[name]
+    images = random_images(8)
+    np.testing.assert_array_equal(op(tf.constant(images), SEED, 0 * magnitude), images)
+    out = op(tf.constant(images), SEED, magnitude)
+    assert out.dtype == tf.uint8 and out.shape == images.shape
+    assert not np.array_equal(out, images)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_each_image_draws_its_own_parameters(name):
+    op, magnitude = OPS[name]
+    copies = np.repeat(random_images(1, seed=1), 16, axis=0)       # one image, 16 times
+    out = op(tf.constant(copies), SEED, magnitude).numpy()
+    assert len({image.tobytes() for image in out}) >= 12
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_same_seed_same_output_other_seed_other_output(name):
+    op, magnitude = OPS[name]
+    images = tf.constant(random_images(8, seed=2))
+    first = op(images, tf.constant([5, 6]), magnitude)
+    np.testing.assert_array_equal(first, op(images, tf.constant([5, 6]), magnitude))
+    assert not np.array_equal(first, op(images, tf.constant([5, 7]), magnitude))
+
+
+# --- geometry against numpy -------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [32, 31])
+def test_rotation_by_quarter_turns_is_rot90(size):
+    images = random_images(3, size)
+    for degrees, turns in [(90, 1), (-90, -1), (180, 2)]:
+        out = transform(images, aug.rotation_matrix(per_image(degrees, 3)))
+        np.testing.assert_array_equal(out, np.rot90(images, turns, axes=(1, 2)))
+
+
+def shifted(images, dy, dx):
+    """(B, H, W, C) images moved down by dy and right by dx pixels, zero where nothing moved in."""
+    out = np.zeros_like(images)
+    h, w = images.shape[1:3]
+    out[:, max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[:, max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_shear_moves_each_row_by_its_distance_from_the_centre():
+    images = random_images(2, 33)                       # centre row and column 16
+    out = transform(images, aug.shear_matrix(per_image(1.0, 2), per_image(0.0, 2)))
+    for y in range(33):                                 # row y moves right by y - 16
+        np.testing.assert_array_equal(out[:, y], shifted(images, 0, y - 16)[:, y])
+    out = transform(images, aug.shear_matrix(per_image(0.0, 2), per_image(-1.0, 2)))
+    for x in range(33):                                 # column x moves up by x - 16
+        np.testing.assert_array_equal(out[:, :, x], shifted(images, 16 - x, 0)[:, :, x])
+
+
+def test_scale_two_magnifies_about_the_centre_and_minus_one_mirrors():
+    images = random_images(2, 33)
+    zoomed = transform(images, aug.scale_matrix(per_image(2, 2), per_image(2, 2)))
+    np.testing.assert_array_equal(zoomed[:, ::2, ::2], images[:, 8:25, 8:25])
+    mirrored = transform(images, aug.scale_matrix(per_image(-1, 2), per_image(1, 2)))
+    np.testing.assert_array_equal(mirrored, images[:, :, ::-1])
+
+
+def test_translation_and_composition_order():
+    images = random_images(2)
+    moved = transform(images, aug.translation_matrix(per_image(3, 2), per_image(-2, 2)))
+    np.testing.assert_array_equal(moved, shifted(images, -2, 3))
+    # sampling(A) @ sampling(B) does A to the picture first: rotate, then move right.
+    turn, right = aug.rotation_matrix(per_image(90, 2)), aug.translation_matrix(
+        per_image(5, 2), per_image(0, 2))
+    expected = shifted(np.rot90(images, 1, axes=(1, 2)), 0, 5)
+    np.testing.assert_array_equal(transform(images, turn @ right), expected)
+    assert not np.array_equal(transform(images, right @ turn), expected)
+
+
+def spot_centroids(out, centre):
+    """(x, y) of each image's intensity centroid, from the image centre (y down)."""
+    weights = out[..., 0].astype(float)
+    ys, xs = np.mgrid[:out.shape[1], :out.shape[2]]
+    total = weights.sum(axis=(1, 2))
+    return ((weights * xs).sum(axis=(1, 2)) / total - centre,
+            (weights * ys).sum(axis=(1, 2)) / total - centre)
+
+
+def test_random_geometry_draws_within_its_bounds():
+    spot = np.zeros((64, 33, 33, 3), np.uint8)
+    spot[:, 15:18, 23:26] = 255                         # a 3x3 spot 8 pixels right of centre
+    x, y = spot_centroids(aug.random_rotation(tf.constant(spot), SEED, 30.0).numpy(), 16)
+    angles = np.degrees(np.arctan2(-y, x))              # counter-clockwise as displayed
+    np.testing.assert_allclose(np.hypot(x, y), 8, atol=0.3)
+    assert np.abs(angles).max() <= 30.5 and angles.std() > 10
+    x, y = spot_centroids(aug.random_translation(tf.constant(spot), SEED, 0.1).numpy(), 16)
+    assert np.abs(x - 8).max() <= 3.3 + 0.1 and np.abs(y).max() <= 3.3 + 0.1
+    assert np.abs(x - 8).std() > 1 and np.abs(y).std() > 1
+    x, y = spot_centroids(aug.random_zoom(tf.constant(spot), SEED, 0.25).numpy(), 16)
+    scale = np.hypot(x, y) / 8
+    assert 0.75 - 0.02 <= scale.min() and scale.max() <= 1.25 + 0.02 and scale.std() > 0.1
+
+
+# --- colour against tf.image ------------------------------------------------------------------
+
+def float_images(n, seed=0, low=0.0, high=1.0):
+    return tf.constant(np.random.default_rng(seed).uniform(low, high, (n, 8, 8, 3)), tf.float32)
+
+
+def test_brightness_and_contrast_are_tf_image_with_a_factor_per_image():
+    images = float_images(4)
+    deltas, factors = [-0.3, 0.0, 0.2, 0.5], [0.2, 1.0, 1.5, 3.0]
+    bright = aug.color_transform(images, 0.0, 1.0, deltas, 1.0)
+    contrast = aug.color_transform(images, 0.0, 1.0, 0.0, factors)
+    for i in range(4):
+        np.testing.assert_allclose(bright[i], tf.clip_by_value(
+            tf.image.adjust_brightness(images[i], deltas[i]), 0, 1), atol=1e-5)
+        np.testing.assert_allclose(contrast[i], tf.clip_by_value(
+            tf.image.adjust_contrast(images[i], factors[i]), 0, 1), atol=1e-5)
+
+
+def test_hue_turns_about_the_grey_axis():
+    images = float_images(4)
+    out = aug.color_transform(images, [1 / 3, 2 / 3, 1.0, 0.0], 1.0, 0.0, 1.0).numpy()
+    np.testing.assert_allclose(out[0], np.roll(images[0], 1, axis=-1), atol=1e-5)  # r->g->b
+    np.testing.assert_allclose(out[0], tf.image.adjust_hue(images[0], 1 / 3), atol=1e-5)
+    np.testing.assert_allclose(out[1], np.roll(images[1], 2, axis=-1), atol=1e-5)
+    np.testing.assert_allclose(out[2:], images[2:], atol=1e-5)
+    grey = tf.tile(float_images(2)[..., :1], [1, 1, 1, 3])
+    np.testing.assert_allclose(aug.color_transform(grey, [0.1, -0.4], 1.0, 0.0, 1.0), grey,
+                               atol=1e-5)
+
+
+def test_saturation_zero_is_tf_image_grayscale():
+    images = float_images(2)
+    out = aug.color_transform(images, 0.0, [0.0, 1.0], 0.0, 1.0)
+    np.testing.assert_allclose(out[0], tf.tile(tf.image.rgb_to_grayscale(images[0]), [1, 1, 3]),
+                               atol=1e-5)
+    np.testing.assert_allclose(out[1], images[1], atol=1e-6)
+
+
+def test_colour_ops_compose_as_applied_one_after_another():
+    images = float_images(3, low=0.4, high=0.6)          # nothing clips along the way
+    hue, sat, bright, contrast = [0.1, -0.2, 0.05], [1.2, 0.7, 1.0], [0.05, -0.1, 0.0], \
+        [0.8, 1.3, 1.1]
+    one_by_one = images
+    for args in [(hue, 1.0, 0.0, 1.0), (0.0, sat, 0.0, 1.0), (0.0, 1.0, bright, 1.0),
+                 (0.0, 1.0, 0.0, contrast)]:
+        one_by_one = aug.color_transform(one_by_one, *args)
+    np.testing.assert_allclose(aug.color_transform(images, hue, sat, bright, contrast),
+                               one_by_one, atol=1e-5)
+
+
+def test_colour_saturates_at_the_ends_of_the_range_instead_of_wrapping():
+    ends = np.concatenate([np.zeros((16, 4, 4, 3), np.uint8), np.full((16, 4, 4, 3), 255,
+                                                                      np.uint8)])
+    for op, bound in [(aug.random_brightness, 0.5), (aug.random_contrast, 1.0)]:
+        out = op(tf.constant(ends), SEED, bound).numpy()
+        assert out[:16].max() <= 128 and out[16:].min() >= 127
+
+
+# --- RandAugment --------------------------------------------------------------------------------
+
+def test_choose_ops_gives_each_image_n_distinct_ops_of_its_own():
+    mask = aug.choose_ops(SEED, 400, 8, 2, 1.0).numpy()
+    assert set(mask.sum(axis=1)) == {2.0}
+    assert len({row.tobytes() for row in mask}) == 28            # all 8-choose-2 pairs occur
+    np.testing.assert_allclose(mask.mean(axis=0), 2 / 8, atol=0.07)
+    halved = aug.choose_ops(SEED, 400, 8, 2, 0.5).numpy()
+    assert halved.sum(axis=1).max() <= 2 and abs(halved.sum() / 400 - 1.0) < 0.15
+
+
+def test_rand_augment_applies_to_each_image_only_the_ops_it_got():
+    images = random_images(64, low=60, high=190)                 # brightness never clips
+    out = aug.rand_augment(tf.constant(images), SEED, ("brightness", "translation"), 1, 9.0,
+                           1.0).numpy().astype(int)
+    change = out - images
+    uniform = np.array([len(np.unique(c)) == 1 for c in change])   # brightness: one delta
+    assert 16 < uniform.sum() < 48
+    # the others were translated: shifted content, the same colours
+    assert all(len(np.unique(c)) > 1 for c in change[~uniform])
+
+
+def test_the_training_augmentation_is_vectorised_with_one_transform():
+    function = tf.function(lambda images, labels, seed: aug.augment_batch(
+        images, labels, seed, crop_padding=4, flip=True, vertical_flip=True,
+        randaugment_ops=RANDAUGMENT_OPS, randaugment_n=3, randaugment_magnitude=9.0,
+        randaugment_prob=0.8, erasing_prob=0.5, erasing_max_area=0.3, mixup_alpha=0.2,
+        cutmix_alpha=1.0))
+    graph = function.get_concrete_function(
+        tf.TensorSpec([None, 32, 32, 3], tf.uint8), tf.TensorSpec([None, 10], tf.float32),
+        tf.TensorSpec([2], tf.int64)).graph
+    kinds = [op.type for op in graph.get_operations()]
+    assert kinds.count("ImageProjectiveTransformV3") == 1
+    assert not {"While", "StatelessWhile", "If", "StatelessIf", "MapDataset"} & set(kinds)
+
+
+def test_each_output_image_comes_from_its_own_input_image_only():
+    """No cross-talk between images (so labels stay with them): changing image 5 of the
+    batch changes output 5 only."""
+    images = random_images(12)
+    other = images.copy()
+    other[5] = 255 - other[5]
+    labels = tf.zeros([12, 10])
+    options = dict(crop_padding=4, flip=True, randaugment_ops=RANDAUGMENT_OPS,
+                   randaugment_n=2, randaugment_magnitude=15.0, erasing_prob=0.5,
+                   erasing_max_area=0.3)
+    out, _ = aug.augment_batch(tf.constant(images), labels, SEED, **options)
+    out_other, _ = aug.augment_batch(tf.constant(other), labels, SEED, **options)
+    differs = [not np.array_equal(a, b) for a, b in zip(out, out_other)]
+    assert differs == [i == 5 for i in range(12)]
+
+
+# --- erasing and mixing -------------------------------------------------------------------------
+
+def test_erasing_replaces_one_rectangle_within_the_area_bound():
+    images = np.full((200, 32, 32, 3), 7, np.uint8)
+    out = aug.random_erasing(tf.constant(images), SEED, 0.5, 0.3).numpy()
+    changed = (out != images).any(axis=-1)
+    erased = changed.any(axis=(1, 2))
+    assert 70 < erased.sum() < 130
+    for mask in changed[erased]:
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        height, width = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        assert height * width <= 0.3 * 32 * 32 * 1.15 + 2 * 32 ** 0.5
+        assert mask.sum() >= 0.9 * height * width                  # a filled rectangle
+        assert 0.3 / 1.6 <= height / width <= 1.6 / 0.3
+
+
+def class_coded(n, classes=10, seed=0):
+    """Images of one flat value per class (10 + 20 * class) and their one-hot labels."""
+    labels = np.random.default_rng(seed).integers(0, classes, n)
+    images = np.broadcast_to((10 + 20 * labels)[:, None, None, None], (n, 32, 32, 3))
+    return images.astype(np.uint8), tf.one_hot(labels, classes)
+
+
+def value_of(labels, classes=10):
+    """The pixel value a soft label predicts: its class values weighted by the label."""
+    return labels @ (10.0 + 20.0 * np.arange(classes))
+
+
+def test_mixup_labels_sum_to_one_and_follow_the_pixel_blend():
+    images, labels = class_coded(64)
+    out, mixed = aug.mix_batch(tf.constant(images), labels, SEED, 0.4, 0.0)
+    out, mixed = out.numpy().astype(float), mixed.numpy()
+    np.testing.assert_allclose(mixed.sum(axis=1), 1, atol=1e-6)
+    assert (out == out[:, :1, :1]).all()                        # blended evenly
+    np.testing.assert_allclose(out[:, 0, 0, 0], value_of(mixed), atol=0.51)
+    assert (mixed.max(axis=1) < 0.99).sum() > 20                 # a ratio per image
+    assert np.unique(mixed.max(axis=1).round(3)).size > 20
+
+
+def test_cutmix_labels_are_the_share_of_pixels_pasted():
+    images, labels = class_coded(64)
+    out, mixed = aug.mix_batch(tf.constant(images), labels, SEED, 0.0, 1.0)
+    out, mixed = out.numpy()[..., 0], mixed.numpy()
+    np.testing.assert_allclose(mixed.sum(axis=1), 1, atol=1e-6)
+    for image, label in zip(out, mixed):
+        values, counts = np.unique(image, return_counts=True)
+        shares = np.zeros(10)
+        shares[(values - 10) // 20] = counts / image.size
+        np.testing.assert_allclose(label, shares, atol=1e-6)
+    assert (mixed.max(axis=1) < 0.99).sum() > 20
+
+
+def test_mixup_and_cutmix_together_choose_per_image_and_alpha_zero_is_off():
+    images, labels = class_coded(64)
+    out, mixed = aug.mix_batch(tf.constant(images), labels, SEED, 0.4, 1.0)
+    out = out.numpy()[..., 0]
+    coded = np.isin(out, 10 + 20 * np.arange(10)).all(axis=(1, 2))
+    flat = (out == out[:, :1, :1]).all(axis=(1, 2))
+    mixed_up = flat & ~coded                                     # blended to a new value
+    cut = ~flat                                                  # two values, pasted
+    assert mixed_up.sum() > 8 and cut.sum() > 8
+    np.testing.assert_allclose(out.mean(axis=(1, 2)), value_of(mixed.numpy()), atol=0.51)
+    same, labels_again = aug.augment_batch(tf.constant(images), labels, SEED)
+    np.testing.assert_array_equal(same, images)
+    np.testing.assert_array_equal(labels_again, labels)
+
+
+# --- the preview and the benchmark ------------------------------------------------------------
+
+def test_preview_saves_a_png_of_training_images(tmp_path, cifar10_tar):
+    path = tmp_path / "preview.png"
+    result = run_app("data_augmentations.py", "--preview", path, "--data-dir", cifar10_tar,
+                     "--rows", 2, "--versions", 3, "--mixup-alpha", 0.3)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    result = run_app("data_augmentations.py", "--preview", path, "--randaugment-n", 99)
+    assert result.returncode == 2 and "--randaugment-n must be 0 to 8" in result.stderr
+
+
+def test_benchmark_runs_and_reports_the_ratios():
+    result = run_app("benchmarks/pipeline_throughput.py", "--images", 600, "--seconds", 0.05,
+                     "--windows", 1, "--batch-size", 64, "--train-batch-sizes", 16,
+                     "--preset", "tiny")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for line in ["batched pipeline", "per-image pipeline", "train steps, batch 16",
+                 "batched / per-image pipeline", "batched / train steps, batch 16"]:
+        assert line in result.stdout
+    assert math.isfinite(float(result.stdout.split("batched / per-image pipeline")[1]
+                               .split("x")[0]))
