@@ -206,6 +206,8 @@ class TrainConfig:
         if self.embedding_dim % self.num_heads:
             raise UsageError(f"--embedding-dim {self.embedding_dim} is not divisible by "
                              f"--num-heads {self.num_heads}; pick heads that divide it")
+        if not 0 <= self.seed < 2 ** 32:       # numpy's seed range
+            raise UsageError(f"--seed must be 0 to {2 ** 32 - 1}, got {self.seed}")
         if self.gpu is not None and self.gpu < 0:
             raise UsageError(f"--gpu must be 0 or more, got {self.gpu}")
         return self

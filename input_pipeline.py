@@ -1,4 +1,4 @@
-"""tf.data pipelines: uint8 images cached before any randomness, augmented per batch.
+"""tf.data pipelines: uint8 images held once in memory, augmented per batch.
 
 Training data are one sub-dataset per epoch, each shuffled and augmented with stateless
 seeds made from (seed, epoch, batch index): every epoch sees a fresh order and fresh
@@ -26,18 +26,24 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
                   augment: BatchAugment, seed: int, first_epoch: int,
                   last_epoch: int) -> tf.data.Dataset:
     """Batches for epochs first_epoch .. last_epoch - 1, back to back (use with
-    steps_per_epoch); the last batch of an epoch may be short."""
-    cached = tf.data.Dataset.from_tensor_slices((images, labels)).cache()   # stays uint8
-    count = len(images)
+    steps_per_epoch); the last batch of an epoch may be short.
+
+    Each epoch is a stateless permutation of the indices, batched, then gathered from the
+    uint8 arrays held once in memory: no shuffle buffer to refill every epoch."""
+    images, labels = tf.constant(images), tf.constant(labels)                # stays uint8
+    count = int(images.shape[0])
 
     def one_epoch(epoch):
         epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
-        shuffle_seed = tf.random.experimental.stateless_split(epoch_seed, num=1)[0][0]
-        batches = cached.shuffle(count, seed=shuffle_seed).batch(batch_size).enumerate()
+        shuffle_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(epoch_seed, num=2))
+        order = tf.argsort(tf.random.stateless_uniform([count], shuffle_seed))
+        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
 
-        def augment_one(index, batch):
-            batch_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
-            return augment(batch[0], batch[1], batch_seed)
+        def augment_one(index, batch_indices):
+            batch_seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
+            return augment(tf.gather(images, batch_indices), tf.gather(labels, batch_indices),
+                           batch_seed)
 
         return batches.map(augment_one, num_parallel_calls=AUTOTUNE)
 
@@ -54,5 +60,5 @@ def encode_labels(labels, one_hot_classes: Optional[int]):
 def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
                  one_hot_classes: Optional[int] = None) -> tf.data.Dataset:
     """Validation or test batches in order, labels encoded as by encode_labels."""
-    return (tf.data.Dataset.from_tensor_slices((images, labels)).cache().batch(batch_size)
+    return (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
             .map(lambda x, y: (x, encode_labels(y, one_hot_classes))).prefetch(AUTOTUNE))

@@ -44,6 +44,7 @@ def test_flags_override_the_preset_and_cover_every_field():
     (["--learning-rate", "0"], "--learning-rate must be positive"),
     (["--num-layers", "0"], "--num-layers must be a positive"),
     (["--epochs", "many"], "invalid int value"),
+    (["--seed", "-1"], "--seed must be 0 to 4294967295"),
     (["--randaugment-n", "9"], "--randaugment-n must be 0 to 8"),
     (["--randaugment-ops", "hue", "--randaugment-n", "2"], "--randaugment-n must be 0 to 1"),
     (["--randaugment-ops", "hue", "hue"], "--randaugment-ops must name distinct"),

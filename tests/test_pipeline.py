@@ -137,3 +137,13 @@ def test_soft_labels_train_and_evaluate_under_the_same_metric_names():
         assert {"loss", "top1", "top5", "val_loss", "val_top1", "val_top5"} <= set(history)
         scores = model.evaluate(val, return_dict=True, verbose=0)
         assert 0 <= scores["top1"] <= scores["top5"] <= 1
+
+
+def test_seed_zero_works_when_keras_has_set_the_global_seed():
+    """training.run calls keras.utils.set_random_seed(--seed) first; TF's global seed 0 once
+    broke a shuffle seeded from a tensor."""
+    tf.keras.utils.set_random_seed(0)
+    images, labels = label_coded_images(20)
+    batches = collect(input_pipeline.train_dataset(images, labels, 8, augment, 0, 0, 2))
+    assert [len(y) for _, y in batches] == [8, 8, 4, 8, 8, 4]
+    assert sorted(np.concatenate([y for _, y in batches[:3]])) == sorted(labels)
