@@ -93,6 +93,9 @@ class RunState:
 
 
 def optimizer_variables(optimizer) -> list:
+    """Adam's variables (step count, moments). Under mixed precision these are the inner
+    optimizer's: the loss scale starts afresh, so a run can resume with another precision."""
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     variables = optimizer.variables          # a method on Keras 2's optimizers, a list on 3
     return list(variables() if callable(variables) else variables)
 

@@ -64,16 +64,16 @@ def detect() -> Device:
 def _missing_gpu_warning() -> Optional[str]:
     asked = {name: os.environ[name] for name in GPU_VARIABLES
              if os.environ.get(name, "") not in ("", "-1")}
-    if "DML_VISIBLE_DEVICES" in asked:
-        setting = f"DML_VISIBLE_DEVICES={asked['DML_VISIBLE_DEVICES']}"
-        if not directml_plugin_installed():
-            return (f"{setting} asks for a DirectML GPU, but tensorflow-directml-plugin is not "
-                    "installed (see requirements-directml.txt); training on the CPU")
-        return (f"{setting} asks for a DirectML GPU, but DirectML found no compatible adapter "
+    dml = f"DML_VISIBLE_DEVICES={asked.get('DML_VISIBLE_DEVICES')}"
+    if "DML_VISIBLE_DEVICES" in asked and directml_plugin_installed():
+        return (f"{dml} asks for a DirectML GPU, but DirectML found no compatible adapter "
                 "(check the index and the GPU driver); training on the CPU")
-    if "CUDA_VISIBLE_DEVICES" in asked:
+    if "CUDA_VISIBLE_DEVICES" in asked:    # --gpu sets both variables; this stack is CUDA's
         return (f"CUDA_VISIBLE_DEVICES={asked['CUDA_VISIBLE_DEVICES']} asks for a CUDA GPU, but "
                 "TensorFlow found none; training on the CPU")
+    if "DML_VISIBLE_DEVICES" in asked:
+        return (f"{dml} asks for a DirectML GPU, but tensorflow-directml-plugin is not "
+                "installed (see requirements-directml.txt); training on the CPU")
     return None
 
 

@@ -27,6 +27,7 @@ import shutil
 import signal
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Optional
@@ -45,7 +46,7 @@ from saved_run import BEST_WEIGHTS, CONFIG, HISTORY, LABELS, RESULTS, TENSORBOAR
 from vit_model import build_model
 
 keras = tf.keras
-RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, HISTORY, RESULTS)
+RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, HISTORY, RESULTS, LABELS)
 MIN_LEARNING_RATE = 1e-6
 LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate
 
@@ -92,10 +93,10 @@ class Bookkeeper(keras.callbacks.Callback):
         state.history.append(row)
 
         score = row.get("val_top1", -math.inf)
-        if score > state.best_val_top1:
+        improved = score > state.best_val_top1
+        if improved:
             state.best_val_top1, state.best_epoch = score, epoch + 1
             state.epochs_since_best = state.epochs_since_lr_change = 0
-            atomic_save(self.path(BEST_WEIGHTS), self.model.save_weights)
         else:
             state.epochs_since_best += 1
             state.epochs_since_lr_change += 1
@@ -112,7 +113,10 @@ class Bookkeeper(keras.callbacks.Callback):
             print(f"Early stopping: no better validation top-1 for "
                   f"{self.config.early_stopping} epochs")
 
+        # The checkpoint first: if a crash follows, resume() rewrites the best weights from it.
         save_checkpoint(self.path(CHECKPOINT), self.model, self.model.optimizer, state)
+        if improved:
+            atomic_save(self.path(BEST_WEIGHTS), self.model.save_weights)
         write_history(self.path(HISTORY), state.history)
         if self.stop_requested:
             self.model.stop_training = True
@@ -215,9 +219,12 @@ def prepare_output_dir(config: TrainConfig, restart: bool):
     """Creates or reopens the run directory and writes config.json; returns the config of
     the run being resumed, or None for a fresh run."""
     output_dir = config.output_dir
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output-dir {output_dir} is a file; pass a folder")
     os.makedirs(output_dir, exist_ok=True)
     if restart:
-        for name in RUN_FILES:
+        figures = [name for name in os.listdir(output_dir) if name.endswith(".png")]
+        for name in (*RUN_FILES, *figures):
             for path in (os.path.join(output_dir, name),
                          partial_path(os.path.join(output_dir, name))):
                 if os.path.exists(path):
@@ -226,14 +233,21 @@ def prepare_output_dir(config: TrainConfig, restart: bool):
     config_path = os.path.join(output_dir, CONFIG)
     saved = None
     if os.path.exists(os.path.join(output_dir, CHECKPOINT)) and os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as handle:
-            saved = TrainConfig.from_dict(json.load(handle))
+        try:
+            with open(config_path, encoding="utf-8") as handle:
+                saved = TrainConfig.from_dict(json.load(handle))
+        except (ValueError, TypeError) as error:
+            raise UsageError(f"{config_path} is damaged ({error}); add --restart to start the "
+                             "run over") from None
         check_resumable(saved, config)
     atomic_write_text(config_path, json.dumps(config.to_dict(), indent=2) + "\n")
     return saved
 
 
 def check_resumable(saved: TrainConfig, wanted: TrainConfig) -> None:
+    if saved.dataset != wanted.dataset:
+        raise UsageError(f"{wanted.output_dir} holds a {saved.display_name} run; resume it with "
+                         f"train_{saved.dataset}.py, or pick another --output-dir")
     differences = saved.differences_that_block_resume(wanted)
     if differences:
         name, old, new = differences[0]
@@ -294,7 +308,12 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
             draw_figures(config, data, model)
             raise stopped
 
-    return finish(config, data, model, state, device)
+    try:
+        return finish(config, data, model, state, device)
+    except KeyboardInterrupt:
+        raise RunStopped(f"stopped by Ctrl-C during the final evaluation; all "
+                         f"{state.epochs_done} epochs are saved in {config.output_dir}; run "
+                         f"{resume_command(config)} to evaluate them", exit_code=130) from None
 
 
 def draw_figures(config: TrainConfig, data: cifar_data.CifarData, model) -> None:
@@ -314,13 +333,20 @@ def draw_figures(config: TrainConfig, data: cifar_data.CifarData, model) -> None
 def resume(checkpoint: str, model, config: TrainConfig, saved: TrainConfig) -> RunState:
     try:
         state = load_checkpoint(checkpoint, model, model.optimizer)
-    except (KeyError, ValueError, OSError) as error:
+    except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as error:
         raise UsageError(f"{checkpoint} does not fit this model or is damaged ({error}); "
                          "add --restart to start the run over") from None
     if config.learning_rate != saved.learning_rate:      # asked for anew, e.g. after a NaN
         state.learning_rate = config.learning_rate
         state.epochs_since_lr_change = 0
     model.optimizer.learning_rate = state.learning_rate
+    best_weights = os.path.join(config.output_dir, BEST_WEIGHTS)
+    if state.best_epoch == state.epochs_done and (
+            not os.path.exists(best_weights)
+            or os.path.getmtime(best_weights) < os.path.getmtime(checkpoint)):
+        # The last epoch was the best, and its weights file, written after the checkpoint,
+        # is missing or older: a crash came in between. The checkpoint holds those weights.
+        atomic_save(best_weights, model.save_weights)
     best = (f", best validation top-1 {state.best_val_top1:.2%} at epoch {state.best_epoch}"
             if state.best_epoch else "")
     done = f"Resuming {config.output_dir}: {state.epochs_done} of {config.epochs} epochs done{best}"
@@ -355,7 +381,11 @@ def diverged(config: TrainConfig, state: RunState, epoch: int, step: int) -> Run
 def finish(config: TrainConfig, data: cifar_data.CifarData, model, state: RunState,
            device: devices.Device) -> dict:
     """Evaluates the best weights on the test set, writes results.json and the figures."""
-    model.load_weights(os.path.join(config.output_dir, BEST_WEIGHTS))
+    best = os.path.join(config.output_dir, BEST_WEIGHTS)
+    if not os.path.exists(best):
+        raise UsageError(f"{best} is missing, so the run cannot be evaluated; add --restart "
+                         "to train it again")
+    model.load_weights(best)
     test = model.evaluate(input_pipeline.eval_dataset(data.x_test, data.y_test,
                                                       config.batch_size, label_classes(config)),
                           return_dict=True, verbose=0)

@@ -176,3 +176,15 @@ def test_mixed_precision_model_trains_with_float32_logits():
         assert all(np.isfinite(history.history["loss"]))
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
+
+
+def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch):
+    """--gpu sets both variables: the warning must not blame DirectML on a CUDA/CPU stack."""
+    import devices
+    monkeypatch.setenv("DML_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    warning = devices.detect().warning
+    if devices.directml_plugin_installed():
+        assert warning.startswith("DML_VISIBLE_DEVICES=1 asks for a DirectML GPU, but DirectML")
+    else:
+        assert warning.startswith("CUDA_VISIBLE_DEVICES=1 asks for a CUDA GPU")

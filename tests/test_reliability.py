@@ -312,3 +312,51 @@ def test_the_cli_reports_a_crafted_archive_in_one_line(tmp_path, cifar10_files):
     assert [l for l in result.stderr.splitlines() if l.startswith("error:")] == [
         l for l in result.stderr.splitlines() if "not plain CIFAR data" in l]
     assert not marker.exists() and "Traceback" not in result.stderr
+
+
+def test_a_crash_between_checkpoint_and_best_weights_is_repaired_on_resume(tmp_path,
+                                                                          cifar10_tar):
+    """The checkpoint is written first; if the process dies before best.weights.h5 follows,
+    the resumed run rewrites the best weights from the checkpoint."""
+    import dataclasses
+    import cifar_data
+    import devices
+    import training
+    from config import PRESETS
+    from vit_model import build_model
+    config = dataclasses.replace(PRESETS["tiny"], data_dir=cifar10_tar, epochs=1,
+                                 batch_size=16, output_dir=str(tmp_path / "run"))
+    data = cifar_data.load("cifar10", cifar10_tar)
+    training.run(config, data, devices.Device("CPU", "test CPU"))
+    out = tmp_path / "run"
+    (out / "best.weights.h5").unlink()                      # as if killed before writing it
+    (out / "results.json").unlink()
+    results = training.run(config, data, devices.Device("CPU", "test CPU"))
+    restored = build_model(config)
+    restored.load_weights(str(out / "best.weights.h5"))
+    from_checkpoint = build_model(config)
+    training.compile_model(from_checkpoint, config, jit_compile=False)
+    checkpointing.load_checkpoint(str(out / "checkpoint.npz"), from_checkpoint,
+                                  from_checkpoint.optimizer)
+    for a, b in zip(restored.get_weights(), from_checkpoint.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert results["best_epoch"] == 1
+
+
+def test_damaged_run_files_get_one_line(tmp_path, slow_tar, cifar100_files):
+    from conftest import run_app
+    out = tmp_path / "run"
+    assert run_app("train_cifar10.py", *train_args(slow_tar, out, 1)).returncode == 0
+    (out / "checkpoint.npz").write_bytes(b"not a zip")
+    damaged = run_app("train_cifar10.py", *train_args(slow_tar, out, 2))
+    assert damaged.returncode == 2 and "does not fit this model or is damaged" in damaged.stderr
+    assert "--restart" in damaged.stderr and "Traceback" not in damaged.stderr
+    c100 = archives.write_tar(str(tmp_path / "c100.tar.gz"), cifar100_files[0])
+    other = run_app("train_cifar100.py", "--preset", "tiny", "--data-dir", c100,
+                    "--output-dir", out)
+    assert other.returncode == 2 and "holds a CIFAR-10 run; resume it with train_cifar10.py" \
+        in other.stderr
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    clash = run_app("train_cifar10.py", *train_args(slow_tar, a_file, 1))
+    assert clash.returncode == 2 and "is a file; pass a folder" in clash.stderr
