@@ -25,6 +25,9 @@ import numpy as np
 from config import UsageError
 
 PIXELS = 32 * 32 * 3
+# The official archives unpack to about 180 MB; a renamed archive is not checksummed, so
+# reading stops here rather than filling memory with a decompression bomb.
+MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 
 
 class DataError(UsageError):
@@ -161,7 +164,10 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
         # Decompress all of it first: gzip checks its CRC and length only at the end, and
         # tarfile takes a garbled header for the end of the archive.
         with gzip.open(path, "rb") as handle:
-            payload = handle.read()
+            payload = handle.read(MAX_UNPACKED_BYTES + 1)
+        if len(payload) > MAX_UNPACKED_BYTES:
+            raise DataError(f"{path} unpacks to more than {MAX_UNPACKED_BYTES >> 20} MB: not "
+                            f"a CIFAR archive; download {spec.archive} again")
         with tarfile.open(fileobj=io.BytesIO(payload), mode="r:") as tar:
             members = {}
             for member in tar.getmembers():

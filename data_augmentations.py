@@ -24,7 +24,6 @@ Preview, on real training images (each row: an original, then augmented versions
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import sys
@@ -448,7 +447,8 @@ def save_preview(path: str, images, label_names: Sequence[str], labels, augment,
 
 def main(argv: Optional[List[str]] = None) -> int:
     """python data_augmentations.py --preview out.png [training flags]; returns the exit code."""
-    parser = argparse.ArgumentParser(
+    import cli
+    parser = cli.Parser(
         description="Save a grid of real training images, each followed by augmented "
                     "versions, augmented as training would with the same flags.",
         epilog="Any training flag (train_cifar10.py --help) also applies, e.g. --data-dir DIR, "
@@ -457,11 +457,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
     parser.add_argument("--rows", type=int, default=8, help="training images shown")
     parser.add_argument("--versions", type=int, default=7, help="augmented copies of each")
-    args, training_flags = parser.parse_known_args(argv)
     import cifar_data
-    import cli
     import training
     try:
+        args, training_flags = parser.parse_known_args(argv)
         if args.rows <= 0 or args.versions <= 0:
             raise UsageError("--rows and --versions must be positive")
         config, _ = cli.parse(args.dataset, training_flags)

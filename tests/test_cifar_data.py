@@ -158,3 +158,9 @@ def test_keras_datasets_path_returns_flat_labels_and_names(monkeypatch):
                         lambda label_mode: ((x, y), (x, y)) if label_mode == "fine" else None)
     data = cifar_data.load("cifar100")
     assert data.y_train.shape == (4,) and data.label_names[:2] == ["apple", "aquarium_fish"]
+
+
+def test_an_archive_that_unpacks_too_large_is_refused(monkeypatch, cifar10_tar):
+    monkeypatch.setattr(cifar_data, "MAX_UNPACKED_BYTES", 4096)
+    with pytest.raises(DataError, match="unpacks to more than 0 MB: not a CIFAR archive"):
+        cifar_data.load("cifar10", cifar10_tar)

@@ -1,4 +1,5 @@
 """The model's layers: hand-worked shapes, numpy references, gradients, serialisation."""
+import inspect
 import os
 
 import numpy as np
@@ -135,6 +136,10 @@ def test_every_trainable_weight_gets_a_finite_gradient():
 ])
 def test_get_config_round_trips_every_constructor_argument(layer):
     config = layer.get_config()
+    own_init = vars(type(layer)).get("__init__")                 # not Keras' base class's
+    arguments = set(inspect.signature(own_init).parameters) - {"self", "kwargs"} \
+        if own_init else set()
+    assert arguments <= set(config), arguments - set(config)      # none left to its default
     clone = type(layer).from_config(config)
     assert clone.get_config() == config
 
