@@ -83,7 +83,7 @@ def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="top1"),
                  keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
-        jit_compile=jit_compile)
+        steps_per_execution=config.steps_per_execution, jit_compile=jit_compile)
 
 
 def make_augment(config: TrainConfig) -> input_pipeline.BatchAugment:
