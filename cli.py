@@ -67,11 +67,17 @@ def build_parser(dataset: str) -> argparse.ArgumentParser:
 def parse(dataset: str, argv: Optional[List[str]]) -> Tuple[TrainConfig, argparse.Namespace]:
     """The validated TrainConfig these flags describe, and the parsed flags."""
     args = build_parser(dataset).parse_args(argv)
-    actions = ("preset", "list_devices", "restart")
+    return config_from_args(dataset, args), args
+
+
+def config_from_args(dataset: str, args: argparse.Namespace) -> TrainConfig:
+    """The validated TrainConfig of parsed flags: the preset, overridden by every config flag
+    given (other attributes of `args` are ignored)."""
+    fields = {field.name for field in dataclasses.fields(TrainConfig)}
     overrides = {k: tuple(v) if isinstance(v, list) else v          # nargs "+" -> tuples
-                 for k, v in vars(args).items() if k not in actions}
+                 for k, v in vars(args).items() if k in fields and k != "dataset"}
     config = dataclasses.replace(PRESETS[args.preset], dataset=dataset, **overrides)
-    return config.validate(), args
+    return config.validate()
 
 
 def main(dataset: str, argv: Optional[List[str]] = None) -> int:

@@ -121,6 +121,10 @@ class TrainConfig:
         "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
         "before TensorFlow starts (default: the variables as set, else the first GPU)",
         resumable=True))
+    steps_per_execution: int = field(default=1, metadata=_flag(
+        "training steps run per call into TensorFlow (model.compile's steps_per_execution): "
+        "less Python work per step; the progress bar and batch callbacks update this often",
+        resumable=True))
     xla: str = field(default="auto", metadata=_flag(
         "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
         "CPU), on, off", choices=("auto", "on", "off"), resumable=True))
@@ -175,7 +179,7 @@ class TrainConfig:
         if self.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
         positive = ["patch_size", "patch_stride", "num_layers", "embedding_dim", "num_heads",
-                    "mlp_hidden_dim", "batch_size", "epochs", "patience"]
+                    "mlp_hidden_dim", "batch_size", "epochs", "patience", "steps_per_execution"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise UsageError(f"--{_dashed(name)} must be a positive whole number, "

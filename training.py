@@ -194,7 +194,8 @@ def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
         metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
                    keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
-                  loss=loss, metrics=metrics, jit_compile=jit_compile)
+                  loss=loss, metrics=metrics, jit_compile=jit_compile,
+                  steps_per_execution=config.steps_per_execution)
 
 
 def make_augment(config: TrainConfig) -> input_pipeline.BatchAugment:

@@ -22,7 +22,10 @@ register = keras.utils.register_keras_serializable(package="vit")
 
 
 def gelu(x):
-    return tf.nn.gelu(x, approximate=False)
+    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)): TF 2.10's tf.nn.gelu formula.
+    Current TF's tf.nn.gelu computes the same through erfc, whose kernel and gradient take
+    about three times as long on the CPU."""
+    return 0.5 * x * (1.0 + tf.math.erf(x * tf.cast(1.0 / math.sqrt(2.0), x.dtype)))
 
 
 @register
@@ -37,6 +40,14 @@ class PatchExtractor(keras.layers.Layer):
 
     def call(self, images):
         p, s = self.patch_size, self.patch_stride
+        _, height, width, channels = images.shape
+        if p == s and height % p == 0 and width % p == 0:
+            # Non-overlapping patches are a reshape and one transpose: same values and
+            # order as extract_patches, in plain ops every backend has.
+            rows, cols = height // p, width // p
+            grid = tf.reshape(images, [-1, rows, p, cols, p, channels])
+            grid = tf.transpose(grid, [0, 1, 3, 2, 4, 5])               # (B, rows, cols, p, p, C)
+            return tf.reshape(grid, [-1, rows * cols, p * p * channels])
         patches = tf.image.extract_patches(images, sizes=[1, p, p, 1], strides=[1, s, s, 1],
                                            rates=[1, 1, 1, 1], padding="VALID")
         _, rows, cols, depth = patches.shape
@@ -89,11 +100,15 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.output_proj = keras.layers.Dense(embedding_dim, name="output_proj")
 
     def call(self, x, return_attention=False):
-        tokens = x.shape[1]
-        qkv = tf.reshape(self.qkv(x), [-1, tokens, 3, self.num_heads, self.head_dim])
-        q, k, v = tf.unstack(tf.transpose(qkv, [2, 0, 3, 1, 4]))           # 3 x (B, H, T, Dh)
-        q = q * tf.cast(1.0 / math.sqrt(self.head_dim), q.dtype)           # scale the smaller
-        weights = tf.nn.softmax(tf.matmul(q, k, transpose_b=True), axis=-1)  # (B, H, T, T)
+        tokens, heads, head_dim = x.shape[1], self.num_heads, self.head_dim
+        q, k, v = tf.split(self.qkv(x), 3, axis=-1)                         # 3 x (B, T, D)
+        q = q * tf.cast(1.0 / math.sqrt(head_dim), q.dtype)      # scaled before the product
+        # One 4-D transpose each (cheaper than a 5-D transpose of all three and an unstack,
+        # forwards and backwards); K goes straight to (B, H, Dh, T) for Q K^T.
+        q = tf.transpose(tf.reshape(q, [-1, tokens, heads, head_dim]), [0, 2, 1, 3])
+        k = tf.transpose(tf.reshape(k, [-1, tokens, heads, head_dim]), [0, 2, 3, 1])
+        v = tf.transpose(tf.reshape(v, [-1, tokens, heads, head_dim]), [0, 2, 1, 3])
+        weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)                   # (B, H, T, T)
         context = tf.transpose(tf.matmul(weights, v), [0, 2, 1, 3])          # (B, T, H, Dh)
         out = self.output_proj(tf.reshape(context, [-1, tokens, self.embedding_dim]))
         return (out, weights) if return_attention else out

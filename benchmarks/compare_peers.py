@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""The app's training throughput against the PyTorch (and optionally JAX) peers, interleaved in
+one run on one machine, so that the ratio is measured under the same conditions.
+
+    python benchmarks/compare_peers.py --peer-python /tmp/peers/bin/python
+    python benchmarks/compare_peers.py --app-python /tmp/venvs/dml/bin/python \\
+        --peer-python /tmp/peers/bin/python --rounds 5 --jax
+
+Each round runs, one after the other: the app's benchmark on one fixed batch
+(train_throughput.py --model-only, like the peers), the app's benchmark through its input
+pipeline, then peer_torch.py as its README runs it, and peer_torch.py with
+OMP_WAIT_POLICY=PASSIVE (PyTorch's OpenMP threads spin while they wait; on a machine shared
+with other jobs that costs it most of its speed, and the passive setting is the fairer
+yardstick there). The ratios compare the app with the faster of the two PyTorch runs of the
+same round; the medians over rounds are printed with their range. The peer scripts are found
+in --peers (default: ../shared/peers beside the repository, or PEERS_DIR).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+APP = os.path.join(ROOT, "benchmarks", "train_throughput.py")
+
+
+def default_peers() -> str:
+    candidates = [os.environ.get("PEERS_DIR", ""),
+                  os.path.join(ROOT, "..", "shared", "peers"),
+                  os.path.join(ROOT, "..", "..", "shared", "peers")]
+    return next((c for c in candidates if c and os.path.isdir(c)), candidates[1])
+
+
+def run(command, env=None) -> str:
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **(env or {})})
+    if result.returncode:
+        sys.exit(f"error: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
+    return result.stdout
+
+
+def app_rate(output: str) -> float:
+    """The app's rate over all timed steps (the peers also time all their steps as one)."""
+    return float(re.search(r"overall ([\d.]+) images/s", output).group(1))
+
+
+def peer_rate(output: str) -> float:
+    return float(re.search(r"img/s=([\d.]+)", output).group(1))
+
+
+def summary(values) -> str:
+    return (f"median {statistics.median(values):7.1f}  (min {min(values):.1f}, "
+            f"max {max(values):.1f}, n={len(values)})")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--app-python", default=sys.executable,
+                        help="Python of the stack to measure (default: this one)")
+    parser.add_argument("--peer-python", default=sys.executable,
+                        help="Python with torch (and jax, flax, optax for --jax)")
+    parser.add_argument("--peers", default=default_peers(), help="folder of peer_torch.py")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10,
+                        help="app: steps per window (5 windows); peers: 5 x this many steps")
+    parser.add_argument("--jax", action="store_true", help="also run peer_jax.py")
+    args = parser.parse_args()
+
+    batch, steps = str(args.batch_size), str(args.steps)
+    app = [args.app_python, APP, "--batch-size", batch, "--steps", steps, "--windows", "5"]
+    peer_steps = str(5 * args.steps)
+    torch_cmd = [args.peer_python, os.path.join(args.peers, "peer_torch.py"),
+                 "--batch", batch, "--steps", peer_steps]
+    jax_cmd = [args.peer_python, os.path.join(args.peers, "peer_jax.py"),
+               "--batch", batch, "--steps", peer_steps]
+    rows = {name: [] for name in ("app, fixed batch", "app, input pipeline", "torch",
+                                  "torch, OMP passive", "jax")}
+    header = None
+    for round_ in range(1, args.rounds + 1):
+        out = run(app + ["--model-only"])
+        header = out.splitlines()[0]
+        rows["app, fixed batch"].append(app_rate(out))
+        rows["app, input pipeline"].append(app_rate(run(app)))
+        rows["torch"].append(peer_rate(run(torch_cmd)))
+        rows["torch, OMP passive"].append(peer_rate(run(torch_cmd, {"OMP_WAIT_POLICY": "PASSIVE"})))
+        if args.jax:
+            rows["jax"].append(peer_rate(run(jax_cmd)))
+        print(f"round {round_}: " + ", ".join(f"{name} {values[-1]:.1f}"
+                                              for name, values in rows.items() if values),
+              flush=True)
+
+    print(f"\n{header}\nbatch {batch}, {args.rounds} rounds, images/s over all timed steps:")
+    for name, values in rows.items():
+        if values:
+            print(f"  {name:22s} {summary(values)}")
+    best_torch = [max(a, b) for a, b in zip(rows["torch"], rows["torch, OMP passive"])]
+    for name in ("app, fixed batch", "app, input pipeline"):
+        ratios = [a / t for a, t in zip(rows[name], best_torch)]
+        print(f"ratio {name} / faster PyTorch eager of the round: "
+              f"median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+              f"max {max(ratios):.2f})")
+    if rows["jax"]:
+        ratios = [a / j for a, j in zip(rows["app, fixed batch"], rows["jax"])]
+        print(f"ratio app, fixed batch / JAX jit: median {statistics.median(ratios):.2f} "
+              f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Training images per second of the app's own training path, on whatever stack and device
+this Python has.
+
+    python benchmarks/train_throughput.py                      # sample preset, batch 128
+    python benchmarks/train_throughput.py --preset tiny --steps 10
+    python benchmarks/train_throughput.py --model-only         # one fixed batch, no tf.data
+
+What runs is what `train_cifar10.py` runs: synthetic uint8 CIFAR-shaped images (42,500 by
+default, like the sample's training split) go through `input_pipeline.train_dataset` with
+`training.make_augment(config)`, into the model from `build_model(config)` compiled by
+`training.compile_model` (loss, Adam, top-1/top-5 metrics, XLA choice, steps per execution),
+trained by `model.fit`. Only the data are synthetic and there is no validation pass.
+`--model-only` feeds one fixed uint8 batch over and over instead of the pipeline, to compare
+with benchmarks that time fixed random batches (../shared/peers).
+
+After `--warmup` untimed steps (tracing, filling the shuffle buffer), `--windows` windows of
+`--steps` steps each are timed. Printed: the median images/s of the windows with their
+spread, the rate over all timed steps, peak memory, and FLOPs per image (flops.py) with the
+FLOP/s they give. Every flag of train_cifar10.py (preset, model size, --xla,
+--steps-per-execution, ...) works here too.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import cli  # noqa: E402
+import flops  # noqa: E402
+from config import DATASETS, IMAGE_SIZE, UsageError  # noqa: E402
+
+
+def parse(argv):
+    parser = cli.build_parser("cifar10")
+    parser.prog = "train_throughput.py"
+    parser.description = ("Training throughput of the app's training path (tf.data pipeline, "
+                          "compile_model, model.fit) on synthetic data.")
+    group = parser.add_argument_group("benchmark")
+    group.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
+                       help="number of classes of the model (default: cifar10)")
+    group.add_argument("--steps", type=int, default=20, help="steps per timed window (20)")
+    group.add_argument("--windows", type=int, default=5, help="timed windows (5)")
+    group.add_argument("--warmup", type=int, default=5, help="untimed steps first (5)")
+    group.add_argument("--images", type=int, default=42_500,
+                       help="synthetic training images in the pipeline (42,500)")
+    group.add_argument("--model-only", action="store_true", default=False,
+                       help="train on one fixed batch, without the input pipeline")
+    args = parser.parse_args(argv)
+    if "batch_size" not in vars(args):
+        args.batch_size = 128            # the issue's reference figures use batch 128
+    config = cli.config_from_args(args.dataset, args)
+    step = config.steps_per_execution
+    for name in ("steps", "windows", "warmup", "images"):
+        if getattr(args, name) <= 0:
+            raise UsageError(f"--{name} must be positive")
+    if args.steps % step or args.warmup % step:
+        raise UsageError(f"--steps and --warmup must be multiples of --steps-per-execution {step}")
+    return config, args
+
+
+def main(argv=None) -> int:
+    try:
+        config, args = parse(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    import devices
+    devices.prepare_environment(config.gpu)
+    device = devices.detect()
+
+    import numpy as np
+    import tensorflow as tf
+    import input_pipeline
+    import training
+    from vit_model import build_model
+    keras = tf.keras
+
+    batch = config.batch_size
+    total = args.warmup + args.windows * args.steps
+    keras.utils.set_random_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
+    if args.model_only:
+        x = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
+        y = rng.integers(0, config.num_classes, batch)
+        data = tf.data.Dataset.from_tensors((x, y)).repeat()
+        path = "one fixed uint8 batch (no input pipeline)"
+    else:
+        # whole batches only: an epoch's short last batch would land in a timed window
+        count = max(batch, args.images - args.images % batch)
+        x = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        y = rng.integers(0, config.num_classes, count)
+        epochs = -(-total // input_pipeline.steps_per_epoch(count, batch))
+        data = input_pipeline.train_dataset(x, y, batch, training.make_augment(config),
+                                            config.seed, 0, epochs)
+        path = f"input pipeline with augmentation, {count:,} synthetic uint8 images"
+
+    model = build_model(config)
+    xla = devices.use_xla(config.xla, device)
+    training.compile_model(model, config, jit_compile=xla)
+    timer = step_timer(keras)
+    model.fit(data, steps_per_epoch=total, epochs=1, callbacks=[timer], shuffle=False,
+              verbose=0)
+
+    bounds = [args.warmup + i * args.steps - 1 for i in range(args.windows + 1)]
+    times = [timer.at[b] for b in bounds]
+    rates = [batch * args.steps / (b - a) for a, b in zip(times, times[1:])]
+    median = statistics.median(rates)
+    overall = batch * args.steps * args.windows / (times[-1] - times[0])
+    spread = (max(rates) - min(rates)) / 2 / median
+    flop = flops.train_flops_per_image(config)
+
+    v = devices.versions()
+    preset = getattr(args, "preset", "sample")
+    print(f"ViT {preset} preset, batch {batch}, {config.num_classes} classes | TensorFlow "
+          f"{v['tensorflow_version']}, Keras {v['keras_version']}, Python "
+          f"{v['python_version']} | {device.describe()}, XLA {'on' if xla else 'off'}, "
+          f"steps_per_execution {config.steps_per_execution}")
+    print(f"path: {path} -> compile_model -> model.fit; {args.warmup} warm-up steps, "
+          f"{args.windows} windows of {args.steps} steps")
+    print(f"train throughput: {median:.1f} images/s (median of {args.windows} windows; "
+          f"min {min(rates):.1f}, max {max(rates):.1f}, spread +-{spread:.1%}); "
+          f"overall {overall:.1f} images/s")
+    print(f"peak memory: {peak_memory(tf)}")
+    print(f"FLOPs: {flop / 1e6:.1f} MFLOP per image per training step (matmuls, 3x forward); "
+          f"{median * flop / 1e9:.1f} GFLOP/s at the median rate")
+    return 0
+
+
+def step_timer(keras):
+    """A callback that notes the time at the end of every step (or of every execution of
+    steps_per_execution steps), by the index of that step."""
+    class StepTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.at = {}
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.at[batch] = time.perf_counter()
+
+    return StepTimer()
+
+
+def peak_memory(tf) -> str:
+    rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # KiB on Linux
+    text = f"{rss_kib / 1024:.0f} MiB resident (process peak, data included)"
+    for gpu in tf.config.list_logical_devices("GPU")[:1]:
+        try:
+            info = tf.config.experimental.get_memory_info(gpu.name)
+            text += f"; {info['peak'] / 2 ** 20:.0f} MiB peak on {gpu.name}"
+        except (ValueError, RuntimeError, tf.errors.OpError):
+            pass
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The speed work changes no mathematics: faster code paths equal the plain ones, every
+optional speed setting trains to the same loss, and the FLOP count matches a hand count.
+(Correctness only: speed is measured by benchmarks/, never asserted here.)"""
+import dataclasses
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import flops
+import training
+import vit_model
+from config import PRESETS, TrainConfig
+from vit_model import PatchExtractor, build_model
+
+keras = tf.keras
+RNG = np.random.default_rng(3)
+
+
+@pytest.mark.parametrize("p", [2, 4, 8, 16, 32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_reshape_patch_path_equals_extract_patches(p, dtype):
+    images = RNG.integers(0, 256, (3, 32, 32, 3)).astype(dtype)
+    expected = tf.image.extract_patches(images, [1, p, p, 1], [1, p, p, 1], [1, 1, 1, 1],
+                                        "VALID")
+    out = PatchExtractor(p, p)(images)
+    assert out.dtype == expected.dtype
+    np.testing.assert_array_equal(out.numpy(), tf.reshape(expected, out.shape).numpy())
+
+
+def test_gelu_is_the_exact_erf_form():
+    x = np.linspace(-8, 8, 401).astype(np.float32)
+    erf = np.vectorize(__import__("math").erf)
+    expected = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / np.sqrt(2)))
+    np.testing.assert_allclose(vit_model.gelu(tf.constant(x)).numpy(), expected,
+                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(vit_model.gelu(tf.constant(x)).numpy(),
+                               tf.nn.gelu(tf.constant(x), approximate=False).numpy(),
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_model_attention_maps_equal_the_plain_formula():
+    """attention_weights goes through the optimised layer; recompute block 0 by hand."""
+    model = build_model(dataclasses.replace(PRESETS["tiny"], num_layers=1))
+    images = RNG.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    got = model.attention_weights(images)[0].numpy()
+    tokens = model.embed(images)
+    x = model.blocks[0].attention_norm(tokens).numpy().astype(np.float64)
+    layer = model.blocks[0].attention
+    kernel, bias = [w.numpy().astype(np.float64) for w in layer.qkv.weights]
+    qkv = x @ kernel + bias
+    d, h = layer.embedding_dim, layer.num_heads
+    q = qkv[..., :d].reshape(2, -1, h, d // h).transpose(0, 2, 1, 3)
+    k = qkv[..., d:2 * d].reshape(2, -1, h, d // h).transpose(0, 2, 1, 3)
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d // h)
+    expected = np.exp(scores - scores.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_flops_match_a_hand_count():
+    config = TrainConfig(patch_size=16, patch_stride=16, num_layers=1, embedding_dim=4,
+                         num_heads=2, mlp_hidden_dim=8, head_units=(6,))
+    # 2 x 2 = 4 patches of 16*16*3 = 768 values, T = 5 tokens, D = 4, MLP 8, head 4-6-10
+    assert flops.forward_flops_per_image(config) == {
+        "patch_proj": 2 * 4 * 768 * 4,          # 24,576
+        "qkv": 2 * 5 * 4 * 12,                  # 480
+        "scores": 2 * 5 * 5 * 4,                # 200: 2 heads x (5x2 @ 2x5)
+        "attention_values": 2 * 5 * 5 * 4,      # 200
+        "output_proj": 2 * 5 * 4 * 4,           # 160
+        "mlp": 2 * 5 * 4 * 8 * 2,               # 640
+        "head": 2 * (4 * 6 + 6 * 10),           # 168
+    }
+    assert flops.train_flops_per_image(config) == 3 * 26_424
+    # the sample preset: 60.5 MFLOP forward, 181.5 MFLOP per image per training step
+    assert flops.train_flops_per_image(PRESETS["sample"]) == 181_490_688
+
+
+def xla_available() -> bool:
+    try:
+        tf.function(lambda x: x + 1, jit_compile=True)(tf.constant(1.0))
+    except Exception:  # noqa: BLE001 - no XLA on this build/device
+        return False
+    return True
+
+
+def train(config, jit_compile=False):
+    """Four Adam steps on fixed batches from fixed initial weights; (losses, weights)."""
+    keras.utils.set_random_seed(7)
+    model = build_model(config)
+    training.compile_model(model, config, jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
+    y = rng.integers(0, config.num_classes, 32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    history = model.fit(data, epochs=2, verbose=0, shuffle=False)
+    return history.history["loss"], model.get_weights()
+
+
+BASE = dataclasses.replace(PRESETS["tiny"], dropout=0.0, num_layers=2)
+
+
+@pytest.mark.parametrize("setting", [
+    {"steps_per_execution": 2},
+    {"steps_per_execution": 4},
+    pytest.param({"jit_compile": True}, id="xla"),
+])
+def test_optional_speed_settings_train_to_the_same_loss(setting):
+    if setting.get("jit_compile") and not xla_available():
+        pytest.skip("no XLA in this TensorFlow")
+    reference_loss, reference_weights = train(BASE)
+    config = dataclasses.replace(BASE, **{k: v for k, v in setting.items()
+                                          if k != "jit_compile"})
+    loss, weights = train(config, jit_compile=setting.get("jit_compile", False))
+    np.testing.assert_allclose(loss, reference_loss, rtol=2e-4)
+    for got, expected in zip(weights, reference_weights):
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=2e-5)
+
+
+def test_steps_per_execution_is_a_flag_and_must_be_positive():
+    import cli
+    from config import UsageError
+    config, _ = cli.parse("cifar10", ["--steps-per-execution", "8"])
+    assert config.steps_per_execution == 8
+    with pytest.raises(UsageError, match="--steps-per-execution must be a positive"):
+        cli.parse("cifar10", ["--steps-per-execution", "0"])
