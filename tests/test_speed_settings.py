@@ -39,6 +39,80 @@ def test_gelu_is_the_exact_erf_form():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_gelu_gradient_is_the_exact_derivative():
+    x = np.linspace(-8, 8, 401)
+    erf = np.vectorize(__import__("math").erf)
+    expected = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
+    x32 = tf.constant(x, tf.float32)
+    with tf.GradientTape() as tape:
+        tape.watch(x32)
+        y = vit_model.gelu(x32)
+    np.testing.assert_allclose(tape.gradient(y, x32).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def plain_attention(q, k, v):
+    return tf.matmul(tf.nn.softmax(tf.matmul(q, k), axis=-1), v)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 65, 8), (3, 2, 5, 4), (1, 1, 1, 3)])
+def test_attend_equals_numpy_and_its_gradient_equals_autodiff(shape):
+    """Forward against numpy; the hand-written gradient against TensorFlow's autodiff of the
+    plain softmax formula, both in float64 (upstream gradient random, not all ones)."""
+    b, h, t, dh = shape
+    q, k, v, upstream = (RNG.normal(size=s) for s in
+                         ((b, h, t, dh), (b, h, dh, t), (b, h, t, dh), (b, h, t, dh)))
+    scores = q @ k
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    np.testing.assert_allclose(vit_model.attend(q, k, v).numpy(), weights @ v, rtol=1e-10)
+
+    inputs = [tf.constant(a) for a in (q, k, v)]
+    grads = []
+    for fn in (vit_model.attend, plain_attention):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = fn(*inputs)
+        grads.append(tape.gradient(out, inputs, output_gradients=tf.constant(upstream)))
+    for got, expected in zip(*grads):
+        np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_layer_norm_equals_keras_layer_normalization_with_gradients(policy):
+    x = tf.constant(RNG.normal(3.0, 2.0, size=(4, 7, 16)), tf.float32)
+    upstream = tf.constant(RNG.normal(size=(4, 7, 16)), tf.float32)
+    weights = [RNG.normal(1.0, 0.5, 16), RNG.normal(0.0, 0.5, 16)]
+    results = []
+    for layer in (vit_model.LayerNorm(epsilon=1e-6, dtype=policy),
+                  keras.layers.LayerNormalization(epsilon=1e-6, dtype=policy)):
+        layer.build(x.shape)
+        layer.set_weights(weights)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x)
+            out32 = tf.cast(out, tf.float32)
+        grads = tape.gradient(out32, [x, *layer.trainable_weights], output_gradients=upstream)
+        results.append((out, grads))
+    (out, grads), (expected, expected_grads) = results
+    assert out.dtype == expected.dtype == (tf.float32 if policy == "float32" else tf.float16)
+    x64 = x.numpy().astype(np.float64)
+    x_hat = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
+    tolerance = 1e-5 if policy == "float32" else 2e-3
+    np.testing.assert_allclose(out.numpy(), x_hat * weights[0] + weights[1],
+                               rtol=tolerance, atol=tolerance)
+    for got, want in zip(grads, expected_grads):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tolerance, atol=tolerance)
+
+
+def test_attention_layer_training_path_equals_the_attention_map_path():
+    """The layer's plain call (the attend kernel) gives the outputs of its
+    return_attention path, which test_vit_model checks against numpy."""
+    layer = vit_model.MultiHeadSelfAttention(64, 8)
+    x = RNG.normal(size=(2, 65, 64)).astype(np.float32)
+    out, _ = layer(x, return_attention=True)
+    np.testing.assert_allclose(layer(x).numpy(), out.numpy(), rtol=1e-5, atol=1e-6)
+
+
 def test_model_attention_maps_equal_the_plain_formula():
     """attention_weights goes through the optimised layer; recompute block 0 by hand."""
     model = build_model(dataclasses.replace(PRESETS["tiny"], num_layers=1))
