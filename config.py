@@ -32,6 +32,12 @@ MAX_MAGNITUDE = 30.0
 DATASETS = {"cifar10": ("CIFAR-10", 10), "cifar100": ("CIFAR-100", 100)}
 
 
+def patch_grid_side(image_size: int, patch_size: int, patch_stride: int) -> int:
+    """Patches per side of a square image: (S - P) // stride + 1; the model reads the square
+    of this many patches. The one place this formula lives (model, FLOP count, figures)."""
+    return (image_size - patch_size) // patch_stride + 1
+
+
 class UsageError(Exception):
     """Bad input from the user: reported as one line and exit code 2, never a traceback."""
 
@@ -151,10 +157,6 @@ class TrainConfig:
         """mixup and cutmix make soft labels, so training then uses one-hot labels with the
         categorical loss and metrics, for training, validation and test data alike."""
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-    @property
-    def patches_per_side(self) -> int:
-        return (IMAGE_SIZE - self.patch_size) // self.patch_stride + 1
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

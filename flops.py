@@ -8,12 +8,14 @@ matrix products, for the input and for the weight gradient, per forward product)
 """
 from __future__ import annotations
 
+from config import patch_grid_side
+
 TRAIN_STEP_FACTOR = 3
 
 
 def forward_flops_per_image(config, image_size: int = 32, channels: int = 3) -> dict:
     """{part: FLOPs} of one image's forward pass for a TrainConfig-like object."""
-    side = (image_size - config.patch_size) // config.patch_stride + 1
+    side = patch_grid_side(image_size, config.patch_size, config.patch_stride)
     n = side * side                                  # patches
     t = n + 1                                        # tokens, class token included
     d, m = config.embedding_dim, config.mlp_hidden_dim

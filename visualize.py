@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from cli import Parser  # noqa: E402
-from config import IMAGE_SIZE, UsageError  # noqa: E402
+from config import IMAGE_SIZE, UsageError, patch_grid_side  # noqa: E402
 from saved_run import HISTORY  # noqa: E402
 
 DPI = 100
@@ -80,7 +80,7 @@ def patches_to_pixels(patch_weights: np.ndarray, patch_size: int, patch_stride: 
     its patch's weight, so the map keeps the patch grid; with overlapping patches (stride <
     size) a pixel lies in up to ceil(size / stride)^2 patches and their mean keeps the map
     on the same scale as the weights. Pixels no patch covers (stride > size) get 0."""
-    side = (image_size - patch_size) // patch_stride + 1
+    side = patch_grid_side(image_size, patch_size, patch_stride)
     weights = np.asarray(patch_weights, np.float64)
     if weights.shape[-1] != side * side:
         raise ValueError(f"{weights.shape[-1]} patch weights, but {patch_size}x{patch_size} "
@@ -276,7 +276,7 @@ def plot_patches(image: np.ndarray, patch_size: int, patch_stride: int, path: st
     each patch drawn apart; on the image, the first two patches are outlined, which shows the
     stride (and the overlap when stride < size)."""
     size = image.shape[0]
-    side = (size - patch_size) // patch_stride + 1
+    side = patch_grid_side(size, patch_size, patch_stride)
     gap = max(1, patch_size // 4)
     tile = patch_size + gap
     mosaic = np.full((side * tile - gap, side * tile - gap, 3), 255, np.uint8)

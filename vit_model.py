@@ -5,6 +5,10 @@ width, H = heads, Dh = D / H. Attention is Dense + reshape + matmul + softmax: D
 kernel for Einsum, so keras.layers.MultiHeadAttention (EinsumDense) would fall back to the CPU.
 GELU is the exact (erf) form on both stacks: Keras 3's "gelu" string means the tanh
 approximation while Keras 2's means erf, so the string would change the model between stacks.
+The gradients of GELU, LayerNorm and the attention core are written out (tf.custom_gradient):
+on a CPU or a small GPU most of a training step is element-wise work, and autodiff of these
+formulas emits several times the ops the closed forms need. Tests check each against numpy
+and autodiff of the plain formula.
 
 Saving: `save_model` writes the stack's native full-model format (Keras 3: a .keras file;
 TF 2.10: a SavedModel folder). Neither opens on the other stack; what is portable is a run's
@@ -15,6 +19,8 @@ from __future__ import annotations
 import math
 
 import tensorflow as tf
+
+from config import IMAGE_SIZE, patch_grid_side
 
 keras = tf.keras
 KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
@@ -42,9 +48,10 @@ def attend(q, k, v):
     """softmax(q k) v per head: q (B, H, T, Dh) already scaled by 1/sqrt(Dh), k (B, H, Dh, T),
     v (B, H, T, Dh) -> (B, H, T, Dh).
 
-    The gradient is written out so that it never builds a (B, H, T, T) product that autodiff
-    of softmax would: with P the weights and O = P v, dS = P * (dP - rowsum(dO * O)), because
-    rowsum(dP * P) = rowsum(dO * O) (the FlashAttention identity), a (B, H, T, Dh) sum."""
+    The gradient is written out so that the softmax backward takes two element-wise passes
+    over (B, H, T, T) instead of autodiff's four: with P the weights and O = P v,
+    dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O) (the identity
+    FlashAttention uses) is a sum over (B, H, T, Dh), 8x smaller for the sample preset."""
     weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)                       # P: (B, H, T, T)
     context = tf.matmul(weights, v)
 
@@ -108,7 +115,7 @@ class PatchExtractor(keras.layers.Layer):
         return tf.reshape(patches, [-1, rows * cols, depth])
 
     def compute_output_shape(self, input_shape):
-        side = (input_shape[1] - self.patch_size) // self.patch_stride + 1
+        side = patch_grid_side(input_shape[1], self.patch_size, self.patch_stride)
         return (input_shape[0], side * side, self.patch_size ** 2 * input_shape[3])
 
     def get_config(self):
@@ -254,8 +261,7 @@ class VisionTransformer(keras.Model):
         self.mlp_hidden_dim = mlp_hidden_dim
         self.head_units = tuple(head_units)
         self.dropout_rate = dropout
-        side = (image_size - patch_size) // patch_stride + 1
-        self.num_tokens = side * side + 1
+        self.num_tokens = patch_grid_side(image_size, patch_size, patch_stride) ** 2 + 1
 
         self.patches = PatchExtractor(patch_size, patch_stride, name="patches")
         self.patch_proj = keras.layers.Dense(embedding_dim, name="patch_proj")
@@ -310,7 +316,6 @@ class VisionTransformer(keras.Model):
 
 def build_model(config) -> VisionTransformer:
     """The model a TrainConfig describes, built (weights created) for 32x32x3 images."""
-    from config import IMAGE_SIZE
     model = VisionTransformer(
         num_classes=config.num_classes, image_size=IMAGE_SIZE, patch_size=config.patch_size,
         patch_stride=config.patch_stride, num_layers=config.num_layers,
