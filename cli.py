@@ -80,6 +80,20 @@ def config_from_args(dataset: str, args: argparse.Namespace) -> TrainConfig:
     return config.validate()
 
 
+def start_tool(parse, argv: Optional[List[str]]):
+    """For the benchmark scripts built on the training flags: `parse(argv)` -> (config, args),
+    then the GPU chosen before TensorFlow starts. Returns (config, args, device); bad flags
+    end the process with the one-line error and exit code 2."""
+    try:
+        config, args = parse(argv)
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    import devices
+    devices.prepare_environment(config.gpu)
+    return config, args, devices.detect()
+
+
 def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     """Runs the app; returns the exit code (2 for bad input, with a one-line message)."""
     try:

@@ -66,15 +66,8 @@ def parse(argv):
 
 
 def main(argv=None) -> int:
-    try:
-        config, args = parse(argv)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config, args, device = cli.start_tool(parse, argv)
     import devices
-    devices.prepare_environment(config.gpu)
-    device = devices.detect()
-
     import numpy as np
     import tensorflow as tf
     import input_pipeline

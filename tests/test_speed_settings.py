@@ -2,6 +2,7 @@
 optional speed setting trains to the same loss, and the FLOP count matches a hand count.
 (Correctness only: speed is measured by benchmarks/, never asserted here.)"""
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import tensorflow as tf
 import flops
 import training
 import vit_model
+from conftest import run_app
 from config import PRESETS, TrainConfig
 from vit_model import PatchExtractor, build_model
 
@@ -198,3 +200,26 @@ def test_steps_per_execution_is_a_flag_and_must_be_positive():
     assert config.steps_per_execution == 8
     with pytest.raises(UsageError, match="--steps-per-execution must be a positive"):
         cli.parse("cifar10", ["--steps-per-execution", "0"])
+
+
+def test_train_throughput_benchmark_prints_its_figures():
+    result = run_app("benchmarks/train_throughput.py", "--preset", "tiny", "--steps", 2,
+                     "--windows", 2, "--warmup", 1, "--images", 256, "--batch-size", 32)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rate = re.search(r"train throughput: ([\d.]+) images/s \(median of 2 windows", result.stdout)
+    assert rate and float(rate.group(1)) > 0, result.stdout
+    assert "input pipeline with augmentation, 256 synthetic uint8 images" in result.stdout
+    assert re.search(r"peak memory: \d+ MiB", result.stdout)
+    assert re.search(r"FLOPs: [\d.]+ MFLOP per image per training step", result.stdout)
+
+
+def test_profile_benchmark_lists_op_types_and_rejects_bad_counts():
+    result = run_app("benchmarks/profile_step.py", "--preset", "tiny", "--steps", 1,
+                     "--batch-size", 16, "--top", 50)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shares = dict(re.findall(r"^  (\S+) +[\d.]+ ms/step +([\d.]+)%$", result.stdout, re.M))
+    assert any("MatMul" in op for op in shares), result.stdout       # the model's Dense layers
+    assert "Softmax" in "".join(shares)
+    assert 99.0 <= sum(map(float, shares.values())) <= 100.5         # all op types listed
+    bad = run_app("benchmarks/profile_step.py", "--steps", 0)
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --steps")
