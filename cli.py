@@ -84,14 +84,17 @@ def start_tool(parse, argv: Optional[List[str]]):
     """For the benchmark scripts built on the training flags: `parse(argv)` -> (config, args),
     then the GPU chosen before TensorFlow starts. Returns (config, args, device); bad flags
     end the process with the one-line error and exit code 2."""
+    import devices
     try:
         config, args = parse(argv)
+        devices.prepare_environment(config.gpu)
+        device = devices.detect()
+        devices.use_xla(config.xla, device)                   # --xla / --mixed-precision on
+        devices.use_mixed_precision(config.mixed_precision, device)   # where impossible
     except UsageError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    import devices
-    devices.prepare_environment(config.gpu)
-    return config, args, devices.detect()
+    return config, args, device
 
 
 def main(dataset: str, argv: Optional[List[str]] = None) -> int:

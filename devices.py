@@ -79,7 +79,7 @@ def _missing_gpu_warning() -> Optional[str]:
 
 def use_xla(setting: str, device: Device) -> bool:
     """XLA only where it is supported and measured faster: CUDA. DirectML has no XLA, and on
-    the CPU it made training steps slower (about 62 vs 110 images/s on TF 2.21 here)."""
+    the CPU it made training steps slower (0.65-0.79x on TF 2.21 here; README, Performance)."""
     if setting == "auto":
         return device.kind == "CUDA"
     if setting == "on" and device.kind == "DirectML":

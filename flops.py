@@ -8,6 +8,8 @@ matrix products, for the input and for the weight gradient, per forward product)
 """
 from __future__ import annotations
 
+import sys
+
 from config import patch_grid_side
 
 TRAIN_STEP_FACTOR = 3
@@ -37,3 +39,28 @@ def forward_flops_per_image(config, image_size: int = 32, channels: int = 3) -> 
 def train_flops_per_image(config) -> int:
     """FLOPs of one image in a training step (forward + backward), by the convention above."""
     return TRAIN_STEP_FACTOR * sum(forward_flops_per_image(config).values())
+
+
+def main(argv=None) -> int:
+    """`python flops.py [--preset NAME]`: the count by part, forward and per training step."""
+    from cli import Parser
+    from config import PRESETS, UsageError
+    parser = Parser(prog="flops.py", description="FLOPs per image of a preset's model.")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sample")
+    try:
+        config = PRESETS[parser.parse_args(argv).preset]
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    parts = forward_flops_per_image(config)
+    for name, value in parts.items():
+        print(f"{name:18s} {value / 1e6:8.2f} MFLOP")
+    forward = sum(parts.values())
+    print(f"{'forward':18s} {forward / 1e6:8.2f} MFLOP per image")
+    print(f"{'training step':18s} {train_flops_per_image(config) / 1e6:8.2f} MFLOP per image "
+          f"({TRAIN_STEP_FACTOR}x forward)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -182,6 +182,14 @@ def label_classes(config: TrainConfig) -> Optional[int]:
     return config.num_classes if config.soft_labels else None
 
 
+def set_precision_policy(config: TrainConfig, device: devices.Device) -> None:
+    """mixed_float16 where --mixed-precision and the device call for it, else float32; set
+    before the model is built."""
+    keras.mixed_precision.set_global_policy(
+        "mixed_float16" if devices.use_mixed_precision(config.mixed_precision, device)
+        else "float32")
+
+
 def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
     """Adam, cross-entropy on logits, metrics top1/top5: the categorical forms for one-hot
     (soft) labels, the sparse forms for class indices, as label_classes(config) says."""
@@ -268,9 +276,7 @@ def run(config: TrainConfig, data: cifar_data.CifarData, device: devices.Device,
     atomic_write_text(os.path.join(output_dir, LABELS), json.dumps(data.label_names) + "\n")
 
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if devices.use_mixed_precision(config.mixed_precision, device)
-        else "float32")
+    set_precision_policy(config, device)
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
     model = build_model(config)

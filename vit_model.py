@@ -143,17 +143,21 @@ class ClassToken(keras.layers.Layer):
 
 
 @register
-class LayerNorm(keras.layers.LayerNormalization):
+class LayerNormalization(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization over the last axis (with scale and offset, the
     defaults) computed by `_layer_norm`: same weights, config and values, a cheaper gradient.
-    Computes in float32 under a mixed-precision policy, as Keras does."""
+    Computes in float32 under a mixed-precision policy, as Keras does. It keeps Keras's class
+    name because Keras 3 files key a layer's weights by it: weights saved before this class
+    existed still load."""
 
     def build(self, input_shape):
         super().build(input_shape)
         rank = len(input_shape)
         axes = [self.axis] if isinstance(self.axis, int) else list(self.axis)
-        if [axis % rank for axis in axes] != [rank - 1] or not (self.center and self.scale):
-            raise ValueError("LayerNorm supports only the last axis, with center and scale")
+        if ([axis % rank for axis in axes] != [rank - 1] or not (self.center and self.scale)
+                or getattr(self, "rms_scaling", False)):                  # Keras 3 option
+            raise ValueError("LayerNormalization here supports only the last axis, with center "
+                             "and scale")
 
     def call(self, inputs):
         gamma, beta = (tf.cast(tf.convert_to_tensor(weight), tf.float32)
@@ -217,9 +221,9 @@ class TransformerBlock(keras.layers.Layer):
         self.num_heads = num_heads
         self.mlp_hidden_dim = mlp_hidden_dim
         self.dropout_rate = dropout
-        self.attention_norm = LayerNorm(epsilon=1e-6, name="attention_norm")
+        self.attention_norm = LayerNormalization(epsilon=1e-6, name="attention_norm")
         self.attention = MultiHeadSelfAttention(embedding_dim, num_heads, name="attention")
-        self.mlp_norm = LayerNorm(epsilon=1e-6, name="mlp_norm")
+        self.mlp_norm = LayerNormalization(epsilon=1e-6, name="mlp_norm")
         self.mlp_in = keras.layers.Dense(mlp_hidden_dim, name="mlp_in")
         self.mlp_out = keras.layers.Dense(embedding_dim, name="mlp_out")
         self.dropout = keras.layers.Dropout(dropout, name="dropout")
@@ -271,7 +275,7 @@ class VisionTransformer(keras.Model):
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02))
         self.blocks = [TransformerBlock(embedding_dim, num_heads, mlp_hidden_dim, dropout,
                                         name=f"block_{i}") for i in range(num_layers)]
-        self.norm = LayerNorm(epsilon=1e-6, name="norm")
+        self.norm = LayerNormalization(epsilon=1e-6, name="norm")
         self.head_layers = [keras.layers.Dense(units, name=f"head_{i}")
                             for i, units in enumerate(self.head_units)]
         self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")

@@ -74,6 +74,7 @@ def main(argv=None) -> int:
     from vit_model import build_model
 
     tf.keras.utils.set_random_seed(config.seed)
+    training.set_precision_policy(config, device)
     rng = np.random.default_rng(config.seed)
     x = rng.integers(0, 256, (config.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     y = rng.integers(0, config.num_classes, config.batch_size)

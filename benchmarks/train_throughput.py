@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     batch = config.batch_size
     total = args.warmup + args.windows * args.steps
     keras.utils.set_random_seed(config.seed)
+    training.set_precision_policy(config, device)
     rng = np.random.default_rng(config.seed)
     shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
     if args.model_only:
@@ -115,6 +116,7 @@ def main(argv=None) -> int:
     print(f"ViT {preset} preset, batch {batch}, {config.num_classes} classes | TensorFlow "
           f"{v['tensorflow_version']}, Keras {v['keras_version']}, Python "
           f"{v['python_version']} | {device.describe()}, XLA {'on' if xla else 'off'}, "
+          f"{keras.mixed_precision.global_policy().name}, "
           f"steps_per_execution {config.steps_per_execution}")
     print(f"path: {path} -> compile_model -> model.fit; {args.warmup} warm-up steps, "
           f"{args.windows} windows of {args.steps} steps")

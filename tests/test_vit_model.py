@@ -114,6 +114,22 @@ def test_sample_preset_has_the_parameter_count_worked_out_by_hand():
     assert build_model(TrainConfig()).count_params() == expected
 
 
+def test_weights_saved_with_keras_layer_normalization_still_load(tmp_path, monkeypatch):
+    """Runs saved before vit_model had its own LayerNormalization (with Keras's layer) load
+    into today's model and give the same logits."""
+    monkeypatch.setattr(vit_model, "LayerNormalization", keras.layers.LayerNormalization)
+    old = build_model(PRESETS["tiny"])
+    path = str(tmp_path / "best.weights.h5")
+    old.save_weights(path)
+    monkeypatch.undo()
+    new = build_model(PRESETS["tiny"])
+    assert isinstance(new.norm, vit_model.LayerNormalization)
+    assert not isinstance(old.norm, vit_model.LayerNormalization)
+    new.load_weights(path)
+    x = images(3)
+    np.testing.assert_allclose(new(x).numpy(), old(x).numpy(), rtol=1e-5, atol=1e-5)
+
+
 def test_every_trainable_weight_gets_a_finite_gradient():
     model = build_model(TrainConfig(num_layers=2))
     x, y = images(8), RNG.integers(0, 10, 8)
