@@ -22,6 +22,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+import label_names
 from config import UsageError
 
 PIXELS = 32 * 32 * 3
@@ -104,13 +105,8 @@ def _load_through_keras(dataset: str) -> CifarData:
             f"could not download {spec.display_name} through keras.datasets ({reason}); "
             f"without internet, fetch {spec.archive} from {DOWNLOAD_PAGE} elsewhere and pass "
             f"--data-dir FOLDER_WITH_IT") from None
-    return CifarData(x_train, y_train.reshape(-1).astype(np.int64),
-                     x_test, y_test.reshape(-1).astype(np.int64), _label_names(dataset))
-
-
-def _label_names(dataset: str) -> List[str]:
-    from label_names import CIFAR10, CIFAR100
-    return list(CIFAR10 if dataset == "cifar10" else CIFAR100)
+    return CifarData(x_train, y_train.reshape(-1).astype(np.int64), x_test,
+                     y_test.reshape(-1).astype(np.int64), label_names.official(dataset))
 
 
 # --- the official archives and folders --------------------------------------------------------

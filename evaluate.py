@@ -19,17 +19,12 @@ METRICS = ("test_top1", "test_top5", "test_loss")
 
 def evaluate_run(run, x_test, y_test, batch_size: int) -> dict:
     """{test_top1, test_top5, test_loss} of the run's best weights, computed as training.run
-    computes them (same compiled metrics, same input pipeline)."""
-    import input_pipeline
+    computes them (training.evaluate_test)."""
     import saved_run
     import training
     model = saved_run.load_model(run)
     training.compile_model(model, run.config, jit_compile=False)
-    test = model.evaluate(input_pipeline.eval_dataset(x_test, y_test, batch_size,
-                                                      training.label_classes(run.config)),
-                          return_dict=True, verbose=0)
-    return {"test_top1": float(test["top1"]), "test_top5": float(test["top5"]),
-            "test_loss": float(test["loss"])}
+    return training.evaluate_test(model, run.config, x_test, y_test, batch_size)
 
 
 def comparison(measured: dict, stored: Optional[dict]) -> str:

@@ -20,3 +20,8 @@ CIFAR100 = (  # the 100 fine labels, alphabetical as in cifar-100-python/meta
     "telephone", "television", "tiger", "tractor", "train", "trout", "tulip", "turtle",
     "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
 )
+
+
+def official(dataset: str) -> list:
+    """The class names of "cifar10" or "cifar100", in label order."""
+    return list(CIFAR10 if dataset == "cifar10" else CIFAR100)

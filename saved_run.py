@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+import label_names
 from config import TrainConfig, UsageError
 
 CONFIG = "config.json"
@@ -60,8 +61,7 @@ def _label_names(path: str, dataset: str) -> List[str]:
     if os.path.isfile(labels):
         with open(labels, encoding="utf-8") as handle:
             return list(json.load(handle))
-    from label_names import CIFAR10, CIFAR100
-    return list(CIFAR10 if dataset == "cifar10" else CIFAR100)
+    return label_names.official(dataset)
 
 
 def load_model(run: SavedRun):

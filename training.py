@@ -206,6 +206,16 @@ def compile_model(model, config: TrainConfig, jit_compile: bool) -> None:
                   steps_per_execution=config.steps_per_execution)
 
 
+def evaluate_test(model, config: TrainConfig, x_test, y_test, batch_size: int) -> dict:
+    """{test_top1, test_top5, test_loss} of a model compiled by compile_model, on test images
+    and class indices: what results.json records and evaluate.py recomputes."""
+    test = model.evaluate(input_pipeline.eval_dataset(x_test, y_test, batch_size,
+                                                      label_classes(config)),
+                          return_dict=True, verbose=0)
+    return {"test_top1": float(test["top1"]), "test_top5": float(test["top5"]),
+            "test_loss": float(test["loss"])}
+
+
 def make_augment(config: TrainConfig) -> input_pipeline.BatchAugment:
     """The batch augment callback for input_pipeline.train_dataset, as the config sets it;
     labels come out encoded as label_classes(config) says."""
@@ -393,14 +403,9 @@ def finish(config: TrainConfig, data: cifar_data.CifarData, model, state: RunSta
         raise UsageError(f"{best} is missing, so the run cannot be evaluated; add --restart "
                          "to train it again")
     model.load_weights(best)
-    test = model.evaluate(input_pipeline.eval_dataset(data.x_test, data.y_test,
-                                                      config.batch_size, label_classes(config)),
-                          return_dict=True, verbose=0)
     results = {
         "dataset": config.dataset,
-        "test_top1": float(test["top1"]),
-        "test_top5": float(test["top5"]),
-        "test_loss": float(test["loss"]),
+        **evaluate_test(model, config, data.x_test, data.y_test, config.batch_size),
         "best_val_top1": state.best_val_top1,
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epochs_done,
