@@ -173,7 +173,7 @@ class TrainConfig:
         resumed run a different run (model, data, split, augmentation, batch, seed)."""
         return [(f.name, getattr(self, f.name), getattr(other, f.name))
                 for f in dataclasses.fields(self)
-                        if not f.metadata.get("resumable")
+                if not f.metadata.get("resumable")
                 and getattr(self, f.name) != getattr(other, f.name)]
 
     def validate(self) -> "TrainConfig":

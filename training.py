@@ -13,7 +13,8 @@ Run directory (--output-dir):
     tensorboard/        TensorBoard logs (--tensorboard, on by default)
     *.png               figures (visualize.py), drawn from the best weights at the end of
                         the run and when it stops early
-Every file is replaced atomically: a crash leaves the previous version readable.
+Every file but the figures is replaced atomically: a crash leaves the previous version
+readable. The figures, which visualize.py can redraw, are written in place.
 """
 from __future__ import annotations
 

@@ -115,8 +115,8 @@ def _save(figure, path: str) -> str:
 
 def read_history(path: str) -> Dict[str, np.ndarray]:
     """history.csv as {column: float array by epoch}; empty when the file is missing or has
-    no epochs yet (a run interrupted early). Cells that are no number (CSVLogger's "NA", or
-    a row cut short) become NaN, which matplotlib leaves out."""
+    no epochs yet (a run interrupted early). Cells that are no number (empty where an epoch
+    lacks a column, or a row cut short) become NaN, which matplotlib leaves out."""
     if not os.path.isfile(path):
         return {}
     with open(path, newline="", encoding="utf-8") as handle:

@@ -52,6 +52,11 @@ def peer_rate(output: str) -> float:
     return float(re.search(r"img/s=([\d.]+)", output).group(1))
 
 
+def ratio_summary(ratios) -> str:
+    return (f"median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+            f"max {max(ratios):.2f})")
+
+
 def summary(values) -> str:
     return (f"median {statistics.median(values):7.1f}  (min {min(values):.1f}, "
             f"max {max(values):.1f}, n={len(values)})")
@@ -101,13 +106,10 @@ def main() -> int:
     best_torch = [max(a, b) for a, b in zip(rows["torch"], rows["torch, OMP passive"])]
     for name in ("app, fixed batch", "app, input pipeline"):
         ratios = [a / t for a, t in zip(rows[name], best_torch)]
-        print(f"ratio {name} / faster PyTorch eager of the round: "
-              f"median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
-              f"max {max(ratios):.2f})")
+        print(f"ratio {name} / faster PyTorch eager of the round: {ratio_summary(ratios)}")
     if rows["jax"]:
         ratios = [a / j for a, j in zip(rows["app, fixed batch"], rows["jax"])]
-        print(f"ratio app, fixed batch / JAX jit: median {statistics.median(ratios):.2f} "
-              f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
+        print(f"ratio app, fixed batch / JAX jit: {ratio_summary(ratios)}")
     return 0
 
 
