@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 import label_names
-from config import UsageError
+from errors import UsageError, first_line
 
 PIXELS = 32 * 32 * 3
 # The official archives unpack to about 180 MB; a renamed archive is not checksummed, so
@@ -100,9 +100,8 @@ def _load_through_keras(dataset: str) -> CifarData:
     try:
         (x_train, y_train), (x_test, y_test) = module.load_data(**kwargs)
     except Exception as error:  # keras raises a bare Exception for URL failures
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise DataError(
-            f"could not download {spec.display_name} through keras.datasets ({reason}); "
+            f"could not download {spec.display_name} through keras.datasets ({first_line(error)}); "
             f"without internet, fetch {spec.archive} from {DOWNLOAD_PAGE} elsewhere and pass "
             f"--data-dir FOLDER_WITH_IT") from None
     return CifarData(x_train, y_train.reshape(-1).astype(np.int64), x_test,

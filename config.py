@@ -1,4 +1,13 @@
-"""The one typed training config, its named presets, and their validation.
+"""The typed configuration of a run, its named presets, and their validation.
+
+A run has two parts, kept apart so that resuming compares only what decides the result:
+  TrainConfig   the experiment: data split, model, optimisation, augmentation (one nested
+                `Augmentation`), seed. Changing any of it makes a different run, except the
+                few fields marked resumable (epochs, learning rate, patience, early stopping).
+  RunOptions    how this machine runs it: paths, GPU, XLA, precision, steps per execution,
+                TensorBoard. Any of it may change when a run is resumed.
+Every field of both is a command-line flag, --field-name (flags.py generates them), and
+config.json stores both (`to_json` / `from_json`; files of earlier versions still load).
 
 This module imports no TensorFlow: flags are parsed and checked, and the GPU is chosen,
 before TensorFlow is imported (DML_VISIBLE_DEVICES is only read at import time).
@@ -21,15 +30,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
+from typing import Dict, List, Optional, Tuple
+
+from errors import UsageError
 
 IMAGE_SIZE = 32  # CIFAR images are 32x32x3 uint8
-# RandAugment's operations (data_augmentations.py) and its magnitude scale, here because
-# flags are checked before TensorFlow is imported.
-RANDAUGMENT_OPS = ("rotation", "shear", "zoom", "translation",
-                   "hue", "saturation", "brightness", "contrast")
-MAX_MAGNITUDE = 30.0
 DATASETS = {"cifar10": ("CIFAR-10", 10), "cifar100": ("CIFAR-100", 100)}
+# RandAugment's operations, each with its bound at magnitude MAX_MAGNITUDE in the units of
+# its function in data_augmentations.py; bounds scale linearly with the magnitude (the
+# default 9 of 30: rotations up to 13.5 degrees, shifts up to 15% of the image, ...). Here,
+# not beside the functions, because flags are checked before TensorFlow is imported.
+# Adding an operation: one entry here and its function in data_augmentations.py.
+MAX_MAGNITUDE = 30.0
+RANDAUGMENT_STRENGTH = {"rotation": 45.0, "shear": 0.5, "zoom": 0.5, "translation": 0.5,
+                        "hue": 0.5, "saturation": 1.0, "brightness": 0.5, "contrast": 1.0}
+RANDAUGMENT_OPS = tuple(RANDAUGMENT_STRENGTH)
+CONFIG_FORMAT = 2        # config.json: 1 = one flat dict (before RunOptions existed)
 
 
 def patch_grid_side(image_size: int, patch_size: int, patch_stride: int) -> int:
@@ -38,29 +54,88 @@ def patch_grid_side(image_size: int, patch_size: int, patch_stride: int) -> int:
     return (image_size - patch_size) // patch_stride + 1
 
 
-class UsageError(Exception):
-    """Bad input from the user: reported as one line and exit code 2, never a traceback."""
+def flag_name(name: str) -> str:
+    """The command-line flag of a config field: learning_rate -> --learning-rate."""
+    return "--" + name.replace("_", "-")
 
 
 def _flag(help_text: str, **metadata) -> dict:
     """Field metadata: the flag's help, and optionally cli=False (not a flag), choices, and
-    resumable=True (may differ when a run is resumed: it does not change what was saved)."""
+    resumable=True (an experiment field that may change when a run is resumed)."""
     return {"help": help_text, **metadata}
 
 
 @dataclass(frozen=True)
+class Augmentation:
+    """The training augmentation (data_augmentations.augment_batch), in the order applied.
+
+    Defaults: crop + flip as the seed sample, plus RandAugment N=2, M=9 (of 30). A ViT has
+    no convolutional prior and overfits CIFAR's 42,500 training images within tens of
+    epochs; moderate per-image RandAugment is the usual cure for small ViTs on CIFAR.
+    Erasing, mixup and cutmix stay off: a 0.6 M-parameter model trained for 100 epochs has
+    little capacity to spare, and stacking them (the DeiT recipe is for 300 epochs and
+    5 M+ parameters) risks underfitting. These are judgements from the literature, not
+    measured here (no CIFAR or GPU on this project's machines)."""
+
+    crop_padding: int = field(default=4, metadata=_flag(
+        "random crops after padding by this many pixels per side (0: off)"))
+    flip: bool = field(default=True, metadata=_flag("random horizontal flips"))
+    vertical_flip: bool = field(default=False, metadata=_flag(
+        "random vertical flips (off: upside-down photos are not natural CIFAR images)"))
+    randaugment_ops: Tuple[str, ...] = field(default=RANDAUGMENT_OPS, metadata=_flag(
+        "the operations RandAugment picks from, per image", choices=RANDAUGMENT_OPS))
+    randaugment_n: int = field(default=2, metadata=_flag(
+        "RandAugment: distinct operations per image (0: off)"))
+    randaugment_magnitude: float = field(default=9.0, metadata=_flag(
+        f"RandAugment magnitude, 0 (identity) to {MAX_MAGNITUDE:g} (e.g. rotations up to "
+        f"+-45 degrees); each image draws its parameters uniformly within it"))
+    randaugment_prob: float = field(default=1.0, metadata=_flag(
+        "RandAugment: probability that each chosen operation is applied"))
+    erasing_prob: float = field(default=0.0, metadata=_flag(
+        "random erasing (cutout): probability per image of replacing a rectangle by noise"))
+    erasing_max_area: float = field(default=0.4, metadata=_flag(
+        "random erasing: largest rectangle, as a fraction of the image area"))
+    mixup_alpha: float = field(default=0.0, metadata=_flag(
+        "mixup: Beta(alpha, alpha) mixing ratio per image (0: off; 0.2-1 is typical); "
+        "labels become soft"))
+    cutmix_alpha: float = field(default=0.0, metadata=_flag(
+        "cutmix: Beta(alpha, alpha) ratio per image (0: off; 1 is typical); with mixup too, "
+        "each image gets one of the two; labels become soft"))
+
+    @property
+    def mixes(self) -> bool:
+        """mixup or cutmix: labels become soft (one-hot, then mixed)."""
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+    def validate(self) -> None:
+        ops = self.randaugment_ops
+        unknown = [op for op in ops if op not in RANDAUGMENT_OPS]
+        if unknown or len(set(ops)) != len(ops) or not ops:
+            raise UsageError(f"--randaugment-ops must name distinct operations from "
+                             f"{' '.join(RANDAUGMENT_OPS)}, got {' '.join(ops) or 'none'}")
+        if not 0 <= self.randaugment_n <= len(ops):
+            raise UsageError(f"--randaugment-n must be 0 to {len(ops)} (the number of "
+                             f"--randaugment-ops), got {self.randaugment_n}")
+        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
+            raise UsageError(f"--randaugment-magnitude must be 0 to {MAX_MAGNITUDE:g}, "
+                             f"got {self.randaugment_magnitude}")
+        if self.crop_padding < 0:
+            raise UsageError(f"--crop-padding must be 0 or more, got {self.crop_padding}")
+        for name in ("randaugment_prob", "erasing_prob", "erasing_max_area"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise UsageError(f"{flag_name(name)} must be 0 to 1, got {getattr(self, name)}")
+        for name in ("mixup_alpha", "cutmix_alpha"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{flag_name(name)} must be 0 (off) or more, "
+                                 f"got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Everything a run depends on; every field is also a command-line flag (--field-name)."""
+    """The experiment: everything that decides what a run learns. Flags: --field-name, and
+    the augmentation's fields under their own names (--crop-padding, ...)."""
 
     dataset: str = field(default="cifar10", metadata=_flag("cifar10 or cifar100", cli=False))
-    # --- data -------------------------------------------------------------------------
-    data_dir: Optional[str] = field(default=None, metadata=_flag(
-        "folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz or their extracted "
-        "folders (for machines without internet); default: download through keras.datasets",
-        resumable=True))
-    output_dir: Optional[str] = field(default=None, metadata=_flag(
-        "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME); "
-        "rerunning with an existing one resumes it", resumable=True))
     validation_fraction: float = field(default=0.15, metadata=_flag(
         "fraction of the training set held out for validation (the sample's 0.15 leaves "
         "42,500 CIFAR training images)"))
@@ -90,58 +165,8 @@ class TrainConfig:
         resumable=True))
     seed: int = field(default=42, metadata=_flag(
         "seed for the split, initial weights, shuffling and augmentation"))
-    # --- augmentation (data_augmentations.py), in the order applied -------------------------
-    # Defaults: crop + flip as the seed sample, plus RandAugment N=2, M=9 (of 30). A ViT has
-    # no convolutional prior and overfits CIFAR's 42,500 training images within tens of
-    # epochs; moderate per-image RandAugment is the usual cure for small ViTs on CIFAR.
-    # Erasing, mixup and cutmix stay off: a 0.6 M-parameter model trained for 100 epochs has
-    # little capacity to spare, and stacking them (the DeiT recipe is for 300 epochs and
-    # 5 M+ parameters) risks underfitting. These are judgements from the literature, not
-    # measured here (no CIFAR or GPU on this project's machines).
-    crop_padding: int = field(default=4, metadata=_flag(
-        "random crops after padding by this many pixels per side (0: off)"))
-    flip: bool = field(default=True, metadata=_flag("random horizontal flips"))
-    vertical_flip: bool = field(default=False, metadata=_flag(
-        "random vertical flips (off: upside-down photos are not natural CIFAR images)"))
-    randaugment_ops: Tuple[str, ...] = field(default=RANDAUGMENT_OPS, metadata=_flag(
-        "the operations RandAugment picks from, per image", choices=RANDAUGMENT_OPS))
-    randaugment_n: int = field(default=2, metadata=_flag(
-        "RandAugment: distinct operations per image (0: off)"))
-    randaugment_magnitude: float = field(default=9.0, metadata=_flag(
-        f"RandAugment magnitude, 0 (identity) to {MAX_MAGNITUDE:g} (e.g. rotations up to "
-        f"+-45 degrees); each image draws its parameters uniformly within it"))
-    randaugment_prob: float = field(default=1.0, metadata=_flag(
-        "RandAugment: probability that each chosen operation is applied"))
-    erasing_prob: float = field(default=0.0, metadata=_flag(
-        "random erasing (cutout): probability per image of replacing a rectangle by noise"))
-    erasing_max_area: float = field(default=0.4, metadata=_flag(
-        "random erasing: largest rectangle, as a fraction of the image area"))
-    mixup_alpha: float = field(default=0.0, metadata=_flag(
-        "mixup: Beta(alpha, alpha) mixing ratio per image (0: off; 0.2-1 is typical); "
-        "labels become soft"))
-    cutmix_alpha: float = field(default=0.0, metadata=_flag(
-        "cutmix: Beta(alpha, alpha) ratio per image (0: off; 1 is typical); with mixup too, "
-        "each image gets one of the two; labels become soft"))
-    # --- device and speed ---------------------------------------------------------------
-    gpu: Optional[int] = field(default=None, metadata=_flag(
-        "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
-        "before TensorFlow starts (default: the variables as set, else the first GPU)",
-        resumable=True))
-    steps_per_execution: int = field(default=1, metadata=_flag(
-        "training steps run per call into TensorFlow (model.compile's steps_per_execution): "
-        "less Python work per step; the progress bar and batch callbacks update this often",
-        resumable=True))
-    xla: str = field(default="auto", metadata=_flag(
-        "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
-        "CPU), on, off", choices=("auto", "on", "off"), resumable=True))
-    mixed_precision: str = field(default="auto", metadata=_flag(
-        "float16 compute with float32 weights: auto (on for CUDA GPUs of compute capability "
-        "7.0 or more, whose tensor cores make it faster; DirectML has none), on, off",
-        choices=("auto", "on", "off"), resumable=True))
-    # --- logging ------------------------------------------------------------------------------
-    tensorboard: bool = field(default=True, metadata=_flag(
-        "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)",
-        resumable=True))
+    augmentation: Augmentation = field(default_factory=Augmentation, metadata=_flag(
+        "the training augmentation", nested=True))
 
     # Derived facts, in one place so that model, data and checks agree.
     @property
@@ -154,38 +179,18 @@ class TrainConfig:
 
     @property
     def soft_labels(self) -> bool:
-        """mixup and cutmix make soft labels, so training then uses one-hot labels with the
-        categorical loss and metrics, for training, validation and test data alike."""
-        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {k: tuple(v) if isinstance(v, list) else v        # JSON lists -> tuples
-                  for k, v in values.items() if k in known}
-        return cls(**values)
-
-    def differences_that_block_resume(self, other: "TrainConfig") -> list:
-        """(field, self's value, other's value) for each difference that would make a
-        resumed run a different run (model, data, split, augmentation, batch, seed)."""
-        return [(f.name, getattr(self, f.name), getattr(other, f.name))
-                for f in dataclasses.fields(self)
-                if not f.metadata.get("resumable")
-                and getattr(self, f.name) != getattr(other, f.name)]
+        """Training, validation and test labels are one-hot (the categorical loss and
+        metrics) rather than class indices: mixup and cutmix make soft labels."""
+        return self.augmentation.mixes
 
     def validate(self) -> "TrainConfig":
         """Raises UsageError naming the flag to change; returns self when all is well."""
         if self.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
         positive = ["patch_size", "patch_stride", "num_layers", "embedding_dim", "num_heads",
-                    "mlp_hidden_dim", "batch_size", "epochs", "patience", "steps_per_execution"]
+                    "mlp_hidden_dim", "batch_size", "epochs", "patience"]
         for name in positive:
-            if getattr(self, name) <= 0:
-                raise UsageError(f"--{_dashed(name)} must be a positive whole number, "
-                                 f"got {getattr(self, name)}")
+            _check_positive(self, name)
         if any(units <= 0 for units in self.head_units):
             raise UsageError(f"--head-units must all be positive, got {list(self.head_units)}")
         if not self.learning_rate > 0:
@@ -195,9 +200,9 @@ class TrainConfig:
         if not 0 < self.validation_fraction < 1:
             raise UsageError("--validation-fraction must be between 0 and 1, "
                              f"got {self.validation_fraction}")
-        if self.early_stopping < 0 or self.crop_padding < 0:
-            raise UsageError("--early-stopping and --crop-padding must be 0 or more")
-        self._validate_augmentation()
+        if self.early_stopping < 0:
+            raise UsageError(f"--early-stopping must be 0 or more, got {self.early_stopping}")
+        self.augmentation.validate()
         if self.patch_size > IMAGE_SIZE:
             raise UsageError(f"--patch-size {self.patch_size} is larger than the "
                              f"{IMAGE_SIZE}x{IMAGE_SIZE} image; use at most {IMAGE_SIZE}")
@@ -214,33 +219,134 @@ class TrainConfig:
                              f"--num-heads {self.num_heads}; pick heads that divide it")
         if not 0 <= self.seed < 2 ** 32:       # numpy's seed range
             raise UsageError(f"--seed must be 0 to {2 ** 32 - 1}, got {self.seed}")
+        return self
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this machine runs the experiment; none of it changes what the run learns beyond
+    float rounding, so all of it may differ when a run is resumed."""
+
+    data_dir: Optional[str] = field(default=None, metadata=_flag(
+        "folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz or their extracted "
+        "folders (for machines without internet); default: download through keras.datasets"))
+    output_dir: Optional[str] = field(default=None, metadata=_flag(
+        "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME); "
+        "rerunning with an existing one resumes it"))
+    gpu: Optional[int] = field(default=None, metadata=_flag(
+        "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
+        "before TensorFlow starts (default: the variables as set, else the first GPU)"))
+    steps_per_execution: int = field(default=1, metadata=_flag(
+        "training steps run per call into TensorFlow (model.compile's steps_per_execution): "
+        "less Python work per step; the progress bar and batch callbacks update this often"))
+    xla: str = field(default="auto", metadata=_flag(
+        "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
+        "CPU), on, off", choices=("auto", "on", "off")))
+    mixed_precision: str = field(default="auto", metadata=_flag(
+        "float16 compute with float32 weights: auto (on for CUDA GPUs of compute capability "
+        "7.0 or more, whose tensor cores make it faster; DirectML has none), on, off",
+        choices=("auto", "on", "off")))
+    tensorboard: bool = field(default=True, metadata=_flag(
+        "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)"))
+
+    def validate(self) -> "RunOptions":
+        _check_positive(self, "steps_per_execution")
         if self.gpu is not None and self.gpu < 0:
             raise UsageError(f"--gpu must be 0 or more, got {self.gpu}")
         return self
 
-    def _validate_augmentation(self) -> None:
-        ops = self.randaugment_ops
-        unknown = [op for op in ops if op not in RANDAUGMENT_OPS]
-        if unknown or len(set(ops)) != len(ops) or not ops:
-            raise UsageError(f"--randaugment-ops must name distinct operations from "
-                             f"{' '.join(RANDAUGMENT_OPS)}, got {' '.join(ops) or 'none'}")
-        if not 0 <= self.randaugment_n <= len(ops):
-            raise UsageError(f"--randaugment-n must be 0 to {len(ops)} (the number of "
-                             f"--randaugment-ops), got {self.randaugment_n}")
-        if not 0 <= self.randaugment_magnitude <= MAX_MAGNITUDE:
-            raise UsageError(f"--randaugment-magnitude must be 0 to {MAX_MAGNITUDE:g}, "
-                             f"got {self.randaugment_magnitude}")
-        for name in ("randaugment_prob", "erasing_prob", "erasing_max_area"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise UsageError(f"--{_dashed(name)} must be 0 to 1, got {getattr(self, name)}")
-        for name in ("mixup_alpha", "cutmix_alpha"):
-            if getattr(self, name) < 0:
-                raise UsageError(f"--{_dashed(name)} must be 0 (off) or more, "
-                                 f"got {getattr(self, name)}")
+
+def _check_positive(settings, name: str) -> None:
+    if getattr(settings, name) <= 0:
+        raise UsageError(f"{flag_name(name)} must be a positive whole number, "
+                         f"got {getattr(settings, name)}")
 
 
-def _dashed(name: str) -> str:
-    return name.replace("_", "-")
+# --- flat views: flags and config.json name the augmentation's fields without a prefix -------
+
+def leaf_fields(cls=TrainConfig) -> List[dataclasses.Field]:
+    """The fields of `cls` with the nested dataclass fields (augmentation) replaced by
+    theirs: the flat list of settings that flags and messages name."""
+    fields = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested"):
+            fields.extend(leaf_fields(f.default_factory))
+        else:
+            fields.append(f)
+    return fields
+
+
+def flat(config: TrainConfig) -> Dict[str, object]:
+    """{leaf field: value} of the experiment, the augmentation's fields included."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+              if not f.metadata.get("nested")}
+    values.update({f.name: getattr(config.augmentation, f.name)
+                   for f in dataclasses.fields(Augmentation)})
+    return values
+
+
+def override(config: TrainConfig, **values) -> TrainConfig:
+    """`config` with leaf fields replaced, the augmentation's by their own names:
+    override(PRESETS["tiny"], epochs=2, mixup_alpha=0.2). Unknown names raise TypeError."""
+    augmentation_names = {f.name for f in dataclasses.fields(Augmentation)}
+    augmentation = {k: v for k, v in values.items() if k in augmentation_names}
+    top = {k: v for k, v in values.items() if k not in augmentation_names}
+    return dataclasses.replace(config, **top, augmentation=dataclasses.replace(
+        config.augmentation, **augmentation))
+
+
+def differences_that_block_resume(saved: TrainConfig, wanted: TrainConfig) -> list:
+    """(field, saved value, wanted value) for every experiment setting that differs and would
+    make a resumed run a different run (all but the resumable ones), in field order."""
+    old, new = flat(saved), flat(wanted)
+    return [(f.name, old[f.name], new[f.name]) for f in leaf_fields()
+            if not f.metadata.get("resumable") and old[f.name] != new[f.name]]
+
+
+# --- config.json -------------------------------------------------------------------------------
+
+def to_json(config: TrainConfig, options: RunOptions) -> dict:
+    return {"format": CONFIG_FORMAT, "experiment": dataclasses.asdict(config),
+            "run": dataclasses.asdict(options)}
+
+
+def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, RunOptions]:
+    """The (TrainConfig, RunOptions) of a config.json's contents; raises UsageError naming
+    every unknown key, or every missing one of a current-format file. Files of format 1
+    (one flat dict) may lack settings added since: they get the defaults, which reproduce
+    what those versions did."""
+    if not isinstance(values, dict):
+        raise UsageError(f"{where} is not a JSON object")
+    if "format" in values:
+        if values["format"] != CONFIG_FORMAT:
+            raise UsageError(f"{where} has format {values['format']!r}, which this version "
+                             f"does not read (it reads {CONFIG_FORMAT}); update the app")
+        experiment = dict(values.get("experiment") or {})
+        run = dict(values.get("run") or {})
+        experiment.update(experiment.pop("augmentation", None) or {})
+        unknown = sorted(set(values) - {"format", "experiment", "run"})
+        required = True
+    else:                                                          # format 1: flat
+        run_names = {f.name for f in dataclasses.fields(RunOptions)}
+        experiment = {k: v for k, v in values.items() if k not in run_names}
+        run = {k: v for k, v in values.items() if k in run_names}
+        unknown, required = [], False
+    leaf = {f.name for f in leaf_fields()}
+    run_names = {f.name for f in dataclasses.fields(RunOptions)}
+    unknown = sorted(set(unknown) | (set(experiment) - leaf) | (set(run) - run_names))
+    missing = sorted((leaf - set(experiment)) | (run_names - set(run))) if required else []
+    if unknown or missing:
+        said = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + \
+               ([f"missing keys {', '.join(missing)}"] if missing else [])
+        raise UsageError(f"{where} has {' and '.join(said)}: it was not written by this "
+                         "version of the app; add --restart to start the run over")
+
+    def tuples(d):                                         # JSON lists -> tuples
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    try:
+        return override(TrainConfig(), **tuples(experiment)), RunOptions(**tuples(run))
+    except TypeError as error:
+        raise UsageError(f"{where} is damaged ({error}); add --restart to start over") from None
 
 
 PRESETS = {

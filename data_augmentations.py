@@ -19,28 +19,22 @@ the training augmentation (crop, flips, RandAugment in that one pass, then erasi
 
 Preview, on real training images (each row: an original, then augmented versions):
 
-    python data_augmentations.py --preview out.png [--data-dir DIR] [--dataset cifar10]
-                                 [any training flag, e.g. --randaugment-magnitude 15]
+    python preview_augmentations.py out.png [--data-dir DIR] [--dataset cifar10]
+                                    [any training flag, e.g. --randaugment-magnitude 15]
 """
 from __future__ import annotations
 
 import functools
 import math
-import sys
-from typing import List, Mapping, Optional, Sequence, Union
+from typing import Mapping, Sequence, Union
 
 import tensorflow as tf
 
-from config import DATASETS, MAX_MAGNITUDE, RANDAUGMENT_OPS, UsageError
+from config import MAX_MAGNITUDE, RANDAUGMENT_OPS, RANDAUGMENT_STRENGTH, Augmentation
 
 # A bound is one number for the whole batch or a (B,) tensor, one per image.
 Bound = Union[float, tf.Tensor]
 
-# Each RandAugment op's bound at magnitude MAX_MAGNITUDE, in the units of its random_* op;
-# bounds scale linearly with the magnitude (the default 9 of 30: rotations up to 13.5
-# degrees, shifts up to 15% of the image, brightness +-0.15, and so on).
-FULL_STRENGTH = {"rotation": 45.0, "shear": 0.5, "zoom": 0.5, "translation": 0.5,
-                 "hue": 0.5, "saturation": 1.0, "brightness": 0.5, "contrast": 1.0}
 COLOR_OPS = ("hue", "saturation", "brightness", "contrast")    # the rest are geometry
 ERASING_ASPECT = 0.3     # erased rectangles have height/width in [0.3, 1/0.3] (Zhong et al.)
 LUMA = (0.2989, 0.5870, 0.1140)    # grey = LUMA . RGB, as tf.image.rgb_to_grayscale
@@ -289,18 +283,18 @@ def choose_ops(seed, batch, num_ops: int, n: int, prob: float):
 
 def policy_bounds(seed, batch, ops: Sequence[str], n: int, magnitude: float,
                   prob: float) -> dict:
-    """RandAugment's per-image bounds for apply_ops: for each of `ops`, FULL_STRENGTH scaled
+    """RandAugment's per-image bounds for apply_ops: for each of `ops`, its strength scaled
     by magnitude / MAX_MAGNITUDE for the images that got the op (n distinct ops per image,
     each kept with probability prob), 0 for the rest; (B,) each."""
     chosen = choose_ops(seed, batch, len(ops), n, prob)
     level = magnitude / MAX_MAGNITUDE
-    return {op: FULL_STRENGTH[op] * level * chosen[:, k] for k, op in enumerate(ops)}
+    return {op: RANDAUGMENT_STRENGTH[op] * level * chosen[:, k] for k, op in enumerate(ops)}
 
 
 def rand_augment(images, seed, ops: Sequence[str], n: int, magnitude: float, prob: float):
     """RandAugment, vectorised: each image gets n distinct ops of `ops`, chosen for it, each
     applied with probability prob. magnitude (0..MAX_MAGNITUDE) scales every op's
-    FULL_STRENGTH bound; within it each image draws its own parameter (so magnitude sets the
+    RANDAUGMENT_STRENGTH bound; within it each image draws its own parameter (magnitude sets the
     strongest change, like timm's magnitude sampling; 0 is the identity). The ops an image
     did not get have bound 0 for it, so one apply_ops pass serves the whole batch."""
     choice_seed, op_seed = _split(seed, 2)
@@ -383,100 +377,18 @@ def mix_batch(images, labels, seed, mixup_alpha: float, cutmix_alpha: float):
 
 # --- the training augmentation ----------------------------------------------------------------
 
-def augment_batch(images, labels, seed, *, crop_padding: int = 0, flip: bool = False,
-                  vertical_flip: bool = False, randaugment_ops: Sequence[str] = (),
-                  randaugment_n: int = 0, randaugment_magnitude: float = 0.0,
-                  randaugment_prob: float = 1.0, erasing_prob: float = 0.0,
-                  erasing_max_area: float = 0.0, mixup_alpha: float = 0.0,
-                  cutmix_alpha: float = 0.0):
-    """The training augmentation of one batch: random crop, flips and RandAugment in one
-    apply_ops pass, then random erasing, then mixup/cutmix. Every step defaults to off.
-    Labels pass through unless mixing is on, which needs them one-hot float (B, classes)
-    and returns them soft."""
+def augment_batch(images, labels, seed, augmentation: Augmentation):
+    """The training augmentation of one batch, as `augmentation` sets it: random crop, flips
+    and RandAugment in one apply_ops pass, then random erasing, then mixup/cutmix. Labels
+    pass through unless mixing is on, which needs them one-hot float (B, classes) and
+    returns them soft."""
+    a = augmentation
     choice_seed, ops_seed, erasing_seed, mix_seed = _split(seed, 4)
-    bounds = policy_bounds(choice_seed, tf.shape(images)[0], randaugment_ops, randaugment_n,
-                           randaugment_magnitude, randaugment_prob) if randaugment_n else {}
-    images = apply_ops(images, ops_seed, bounds, crop_padding, flip, vertical_flip)
-    if erasing_prob:
-        images = random_erasing(images, erasing_seed, erasing_prob, erasing_max_area)
-    if mixup_alpha or cutmix_alpha:
-        images, labels = mix_batch(images, labels, mix_seed, mixup_alpha, cutmix_alpha)
+    bounds = policy_bounds(choice_seed, tf.shape(images)[0], a.randaugment_ops, a.randaugment_n,
+                           a.randaugment_magnitude, a.randaugment_prob) if a.randaugment_n else {}
+    images = apply_ops(images, ops_seed, bounds, a.crop_padding, a.flip, a.vertical_flip)
+    if a.erasing_prob:
+        images = random_erasing(images, erasing_seed, a.erasing_prob, a.erasing_max_area)
+    if a.mixes:
+        images, labels = mix_batch(images, labels, mix_seed, a.mixup_alpha, a.cutmix_alpha)
     return images, labels
-
-
-# --- preview ------------------------------------------------------------------------------------
-
-def save_preview(path: str, images, label_names: Sequence[str], labels, augment, seed: int,
-                 versions: int) -> None:
-    """A PNG grid: one row per image (uint8 (R, H, W, 3), labels (R,) class indices), the
-    original first, then `versions` augmented copies made by the batch augment callback
-    (images, labels, seed) -> (images, labels), in one batch so each copy draws its own.
-    Mixed (soft) labels are written under each copy as its main class and its weight."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = len(images)
-    copies = tf.repeat(tf.constant(images), versions, axis=0)
-    augmented, new_labels = augment(copies, tf.repeat(tf.constant(labels), versions, axis=0),
-                                    tf.constant([seed, 0], tf.int64))
-    augmented = augmented.numpy().reshape((rows, versions) + images.shape[1:])
-    soft = new_labels.numpy().reshape(rows, versions, -1) if new_labels.shape.rank == 2 \
-        else None                                        # mixup/cutmix: (R, versions, classes)
-    figure, axes = plt.subplots(rows, versions + 1, figsize=(1.1 * (versions + 1), 1.2 * rows),
-                                squeeze=False)
-    for row in range(rows):
-        for column, picture in enumerate([images[row], *augmented[row]]):
-            axis = axes[row, column]
-            axis.imshow(picture, interpolation="nearest")
-            axis.set_xticks([])
-            axis.set_yticks([])
-        axes[row, 0].set_ylabel(label_names[labels[row]], fontsize=8)
-        if soft is not None:                             # each copy's main class and weight
-            for column, label in enumerate(soft[row], start=1):
-                top = int(label.argmax())
-                axes[row, column].set_xlabel(f"{label_names[top]} {label[top]:.2f}",
-                                             fontsize=7)
-    axes[0, 0].set_title("original", fontsize=8)
-    for column in range(1, versions + 1):
-        axes[0, column].set_title(f"augmented {column}", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """python data_augmentations.py --preview out.png [training flags]; returns the exit code."""
-    import cli
-    parser = cli.Parser(
-        description="Save a grid of real training images, each followed by augmented "
-                    "versions, augmented as training would with the same flags.",
-        epilog="Any training flag (train_cifar10.py --help) also applies, e.g. --data-dir DIR, "
-               "--randaugment-magnitude 15, --mixup-alpha 0.4, --seed 1.")
-    parser.add_argument("--preview", required=True, metavar="PNG", help="image file to write")
-    parser.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10")
-    parser.add_argument("--rows", type=int, default=8, help="training images shown")
-    parser.add_argument("--versions", type=int, default=7, help="augmented copies of each")
-    import cifar_data
-    import training
-    try:
-        args, training_flags = parser.parse_known_args(argv)
-        if args.rows <= 0 or args.versions <= 0:
-            raise UsageError("--rows and --versions must be positive")
-        config, _ = cli.parse(args.dataset, training_flags)
-        data = cifar_data.load(config.dataset, config.data_dir)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    import numpy as np
-    chosen = np.random.default_rng(config.seed).choice(
-        len(data.x_train), min(args.rows, len(data.x_train)), replace=False)
-    save_preview(args.preview, data.x_train[chosen], data.label_names, data.y_train[chosen],
-                 training.make_augment(config), config.seed, args.versions)
-    print(f"Wrote {args.preview}: {len(chosen)} training images, each with {args.versions} "
-          f"augmented versions")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -12,6 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
+from errors import UsageError
+
 GPU_VARIABLES = ("DML_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 
@@ -83,7 +85,6 @@ def use_xla(setting: str, device: Device) -> bool:
     if setting == "auto":
         return device.kind == "CUDA"
     if setting == "on" and device.kind == "DirectML":
-        from config import UsageError
         raise UsageError("--xla on is not possible on DirectML (it has no XLA); use --xla auto")
     return setting == "on"
 
@@ -94,7 +95,6 @@ def use_mixed_precision(setting: str, device: Device) -> bool:
     if setting == "auto":
         return device.kind == "CUDA" and tuple(device.compute_capability or (0, 0)) >= (7, 0)
     if setting == "on" and device.kind == "DirectML":
-        from config import UsageError
         raise UsageError("--mixed-precision on is not possible on DirectML; use "
                          "--mixed-precision auto")
     return setting == "on"

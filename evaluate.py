@@ -11,8 +11,9 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
-from cli import Parser
-from config import UsageError
+import run_dir
+from errors import UsageError, entry_point
+from flags import Parser
 
 METRICS = ("test_top1", "test_top5", "test_loss")
 
@@ -20,10 +21,11 @@ METRICS = ("test_top1", "test_top5", "test_loss")
 def evaluate_run(run, x_test, y_test, batch_size: int) -> dict:
     """{test_top1, test_top5, test_loss} of the run's best weights, computed as training.run
     computes them (training.evaluate_test)."""
-    import saved_run
     import training
-    model = saved_run.load_model(run)
-    training.compile_model(model, run.config, jit_compile=False)
+    from vit_model import build_model
+    model = build_model(run.config)
+    run_dir.load_best_weights(run, model)
+    training.compile_model(model, run.config)
     return training.evaluate_test(model, run.config, x_test, y_test, batch_size)
 
 
@@ -39,6 +41,7 @@ def comparison(measured: dict, stored: Optional[dict]) -> str:
         if abs(differences[key]) >= 5e-5)
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     """Returns the exit code: 0, or 2 with one `error:` line for bad input."""
     parser = Parser(prog="evaluate.py",
@@ -49,18 +52,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                                            "read its data)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default: the run's batch size)")
-    try:
-        args = parser.parse_args(argv)
-        import saved_run
-        run = saved_run.open_run(args.run_dir)
-        batch_size = run.config.batch_size if args.batch_size is None else args.batch_size
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
-        x_test, y_test = saved_run.load_test_data(run, args.data_dir)
-        measured = evaluate_run(run, x_test, y_test, batch_size)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    run = run_dir.open_run(args.run_dir)
+    batch_size = run.config.batch_size if args.batch_size is None else args.batch_size
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
+    import cifar_data
+    data = cifar_data.load(run.config.dataset, args.data_dir or run.options.data_dir)
+    x_test, y_test = data.x_test, data.y_test
+    measured = evaluate_run(run, x_test, y_test, batch_size)
     print(f"{run.config.display_name} test set, {len(x_test):,} images: top-1 "
           f"{measured['test_top1']:.2%}, top-5 {measured['test_top5']:.2%}, loss "
           f"{measured['test_loss']:.4f}")

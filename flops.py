@@ -8,9 +8,9 @@ matrix products, for the input and for the weight gradient, per forward product)
 """
 from __future__ import annotations
 
-import sys
-
-from config import patch_grid_side
+from config import PRESETS, patch_grid_side
+from errors import entry_point
+from flags import Parser
 
 TRAIN_STEP_FACTOR = 3
 
@@ -41,17 +41,12 @@ def train_flops_per_image(config) -> int:
     return TRAIN_STEP_FACTOR * sum(forward_flops_per_image(config).values())
 
 
+@entry_point
 def main(argv=None) -> int:
     """`python flops.py [--preset NAME]`: the count by part, forward and per training step."""
-    from cli import Parser
-    from config import PRESETS, UsageError
     parser = Parser(prog="flops.py", description="FLOPs per image of a preset's model.")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="sample")
-    try:
-        config = PRESETS[parser.parse_args(argv).preset]
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = PRESETS[parser.parse_args(argv).preset]
     parts = forward_flops_per_image(config)
     for name, value in parts.items():
         print(f"{name:18s} {value / 1e6:8.2f} MFLOP")

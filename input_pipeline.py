@@ -12,6 +12,9 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 
+import data_augmentations
+from config import Augmentation, TrainConfig
+
 AUTOTUNE = tf.data.AUTOTUNE
 # images (B, 32, 32, 3) uint8, labels (B,), seed [2] int -> (images, labels); the labels
 # come back as class indices, or as (B, classes) float when mixup/cutmix make them soft.
@@ -49,6 +52,22 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
 
     epochs = tf.data.Dataset.range(first_epoch, last_epoch)
     return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+def label_classes(config: TrainConfig) -> Optional[int]:
+    """How labels are encoded for this config (encode_labels' one_hot_classes): one-hot over
+    config.num_classes when it trains on soft labels, else None (class indices). Training,
+    validation and test data must all follow it, as training.compile_model does."""
+    return config.num_classes if config.soft_labels else None
+
+
+def make_augment(augmentation: Augmentation, one_hot_classes: Optional[int]) -> BatchAugment:
+    """The batch augment callback for train_dataset: labels encoded as encode_labels does,
+    then the batch augmented as `augmentation` sets it."""
+    def augment(images, labels, seed):
+        return data_augmentations.augment_batch(
+            images, encode_labels(labels, one_hot_classes), seed, augmentation)
+    return augment
 
 
 def encode_labels(labels, one_hot_classes: Optional[int]):

@@ -18,8 +18,10 @@ from typing import List, Optional
 
 import numpy as np
 
-from cli import Parser
-from config import IMAGE_SIZE, UsageError
+import run_dir
+from config import IMAGE_SIZE
+from errors import UsageError, entry_point
+from flags import Parser
 
 
 def read_image(path: str) -> np.ndarray:
@@ -48,6 +50,7 @@ def top_k_lines(paths: List[str], probabilities: np.ndarray, label_names: List[s
     return lines
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     """Returns the exit code: 0, or 2 with one `error:` line for bad input."""
     parser = Parser(prog="predict.py",
@@ -59,21 +62,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="PNG, JPEG, GIF or BMP files of any size")
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes per image (default 5, at most the number of classes)")
-    try:
-        args = parser.parse_args(argv)
-        if args.top_k < 1:
-            raise UsageError(f"--top-k must be 1 or more, got {args.top_k}")
-        import saved_run
-        run = saved_run.open_run(args.run_dir)
-        missing = [path for path in args.images if not os.path.isfile(path)]
-        if missing:
-            raise UsageError(f"no image file {missing[0]}")
-        images = np.stack([read_image(path) for path in args.images])
-        model = saved_run.load_model(run)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    args = parser.parse_args(argv)
+    if args.top_k < 1:
+        raise UsageError(f"--top-k must be 1 or more, got {args.top_k}")
+    run = run_dir.open_run(args.run_dir)
+    missing = [path for path in args.images if not os.path.isfile(path)]
+    if missing:
+        raise UsageError(f"no image file {missing[0]}")
+    images = np.stack([read_image(path) for path in args.images])
     import tensorflow as tf
+
+    from vit_model import build_model
+    model = build_model(run.config)
+    run_dir.load_best_weights(run, model)
     probabilities = tf.nn.softmax(model.predict(images, verbose=0)).numpy()
     top_k = min(args.top_k, len(run.label_names))
     print("\n".join(top_k_lines(args.images, probabilities, run.label_names, top_k)))

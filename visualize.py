@@ -19,7 +19,6 @@ into the class token that the classifier reads.
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
 from typing import Dict, List, Optional, Sequence
@@ -31,16 +30,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from cli import Parser  # noqa: E402
-from config import IMAGE_SIZE, UsageError, patch_grid_side  # noqa: E402
-from saved_run import HISTORY  # noqa: E402
+import run_dir  # noqa: E402
+from config import IMAGE_SIZE, patch_grid_side  # noqa: E402
+from errors import UsageError, entry_point  # noqa: E402
+from flags import Parser  # noqa: E402
+from run_dir import ATTENTION, CONFUSION, CURVES, HISTORY, PATCHES, PREDICTIONS  # noqa: E402
 
 DPI = 100
-CURVES = "training_curves.png"
-CONFUSION = "confusion_matrix.png"
-PREDICTIONS = "test_predictions.png"
-ATTENTION = "attention_maps.png"
-PATCHES = "patches.png"
 INCHES = {CURVES: (15, 4.5), PREDICTIONS: (16, 7.5), ATTENTION: (13, 7.5), PATCHES: (12, 6)}
 PREDICTION_GRID = (3, 8)       # rows, columns of test images in PREDICTIONS
 ATTENTION_IMAGES = 6           # test images in ATTENTION
@@ -111,26 +107,6 @@ def _save(figure, path: str) -> str:
     figure.savefig(path, dpi=DPI)  # no bbox_inches="tight": that would change the size
     plt.close(figure)
     return path
-
-
-def read_history(path: str) -> Dict[str, np.ndarray]:
-    """history.csv as {column: float array by epoch}; empty when the file is missing or has
-    no epochs yet (a run interrupted early). Cells that are no number (empty where an epoch
-    lacks a column, or a row cut short) become NaN, which matplotlib leaves out."""
-    if not os.path.isfile(path):
-        return {}
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows:
-        return {}
-    return {key: np.array([_number(row[key]) for row in rows]) for key in rows[0]}
-
-
-def _number(cell: Optional[str]) -> float:
-    try:
-        return float(cell)
-    except (TypeError, ValueError):
-        return float("nan")
 
 
 def plot_training_curves(history: Dict[str, np.ndarray], path: str) -> str:
@@ -322,7 +298,7 @@ def write_run_figures(output_dir: str, model, x_test: np.ndarray, y_test: np.nda
     probabilities = tf.nn.softmax(logits).numpy()
     predicted = probabilities.argmax(axis=1)
     written = []
-    history = read_history(os.path.join(output_dir, HISTORY))
+    history = run_dir.read_history(os.path.join(output_dir, HISTORY))
     if history:
         written.append(plot_training_curves(history, os.path.join(output_dir, CURVES)))
     written.append(plot_confusion_matrix(y_test, predicted, label_names,
@@ -338,6 +314,7 @@ def write_run_figures(output_dir: str, model, x_test: np.ndarray, y_test: np.nda
     return written
 
 
+@entry_point
 def main(argv: Optional[List[str]] = None) -> int:
     """`python visualize.py RUN_DIR ...`; returns the exit code (2, with one `error:` line,
     for bad input)."""
@@ -351,21 +328,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                                            "read its data)")
     parser.add_argument("--patches", type=int, default=0, metavar="IMAGE_INDEX",
                         help=f"test image drawn as patches into {PATCHES} (default: 0)")
-    try:
-        args = parser.parse_args(argv)
-        import saved_run
-        run = saved_run.open_run(args.run_dir)
-        x_test, y_test = saved_run.load_test_data(run, args.data_dir)
-        if not 0 <= args.patches < len(x_test):
-            raise UsageError(f"--patches {args.patches} is not a test image index; the test "
-                             f"set has {len(x_test)} images (0..{len(x_test) - 1})")
-        model = saved_run.load_model(run)
-    except UsageError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    write_run_figures(run.path, model, x_test, y_test, run.label_names)
-    path = plot_patches(x_test[args.patches], run.config.patch_size, run.config.patch_stride,
-                        run.file(PATCHES))
+    args = parser.parse_args(argv)
+    run = run_dir.open_run(args.run_dir)
+    import cifar_data
+    from vit_model import build_model
+    data = cifar_data.load(run.config.dataset, args.data_dir or run.options.data_dir)
+    if not 0 <= args.patches < len(data.x_test):
+        raise UsageError(f"--patches {args.patches} is not a test image index; the test "
+                         f"set has {len(data.x_test)} images (0..{len(data.x_test) - 1})")
+    model = build_model(run.config)
+    run_dir.load_best_weights(run, model)
+    write_run_figures(run.path, model, data.x_test, data.y_test, run.label_names)
+    path = plot_patches(data.x_test[args.patches], run.config.patch_size,
+                        run.config.patch_stride, run.file(PATCHES))
     print(f"Test image {args.patches} as patches: {path}")
     return 0
 

@@ -32,19 +32,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-import cli  # noqa: E402
 import data_augmentations as aug  # noqa: E402
 import input_pipeline  # noqa: E402
 import training  # noqa: E402
-from config import IMAGE_SIZE, MAX_MAGNITUDE, TrainConfig  # noqa: E402
+from config import IMAGE_SIZE, MAX_MAGNITUDE, RANDAUGMENT_STRENGTH, TrainConfig  # noqa: E402
+from errors import entry_point  # noqa: E402
+from flags import parse_train_flags  # noqa: E402
 from vit_model import build_model  # noqa: E402
 
 
 def per_image_dataset(images, labels, config: TrainConfig) -> tf.data.Dataset:
     """The same augmentations, per image before batching, each op behind a tf.cond."""
-    level = config.randaugment_magnitude / MAX_MAGNITUDE
-    chance = config.randaugment_n / len(config.randaugment_ops) * config.randaugment_prob
-    bounds = {op: aug.FULL_STRENGTH[op] * level for op in config.randaugment_ops}
+    a = config.augmentation
+    level = a.randaugment_magnitude / MAX_MAGNITUDE
+    chance = a.randaugment_n / len(a.randaugment_ops) * a.randaugment_prob
+    bounds = {op: RANDAUGMENT_STRENGTH[op] * level for op in a.randaugment_ops}
 
     def uniform(bound):
         return tf.random.uniform([1], -bound, bound)
@@ -64,16 +66,16 @@ def per_image_dataset(images, labels, config: TrainConfig) -> tf.data.Dataset:
         "brightness": lambda i, b: tf.image.random_brightness(i, b),
         "contrast": lambda i, b: tf.image.random_contrast(i, 1.0 - b, 1.0 + b),
     }
-    padding = config.crop_padding
+    padding = a.crop_padding
 
     def augment(image, label):
         if padding:
             image = tf.image.random_crop(
                 tf.pad(image, [[padding, padding], [padding, padding], [0, 0]]),
                 [IMAGE_SIZE, IMAGE_SIZE, 3])
-        if config.flip:
+        if a.flip:
             image = tf.image.random_flip_left_right(image)
-        if config.vertical_flip:
+        if a.vertical_flip:
             image = tf.image.random_flip_up_down(image)
         for op, bound in bounds.items():
             image = tf.cond(tf.random.uniform([]) < chance,
@@ -94,13 +96,13 @@ def batch_source(dataset: tf.data.Dataset):
 
 def train_source(config: TrainConfig, batch_size: int):
     model = build_model(config)
-    training.compile_model(model, config, jit_compile=False)
+    training.compile_model(model, config)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3),
                                       dtype=np.uint8))
     labels = input_pipeline.encode_labels(
         tf.constant(rng.integers(0, config.num_classes, batch_size)),
-        training.label_classes(config))
+        input_pipeline.label_classes(config))
 
     def step():
         model.train_on_batch(images, labels)
@@ -122,6 +124,7 @@ def summary(values) -> str:
     return f"{statistics.median(values):10,.0f}  ({min(values):,.0f} - {max(values):,.0f})"
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      epilog="Any training flag also applies.")
@@ -132,7 +135,7 @@ def main(argv=None) -> int:
     parser.add_argument("--train-batch-sizes", type=int, nargs="*", default=[512, 128],
                         help="batch sizes for the training-step figures (none: skip)")
     args, flags = parser.parse_known_args(argv)
-    config, _ = cli.parse("cifar10", flags)
+    config, _, _ = parse_train_flags("cifar10", flags)
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.images, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
@@ -141,13 +144,14 @@ def main(argv=None) -> int:
           f"cached as {images.dtype} ({images.nbytes / 1e6:.0f} MB), batch "
           f"{config.batch_size} | {args.windows} windows of {args.seconds:g} s each")
     print("augmentation: " + ", ".join(
-        f"{name}={getattr(config, name)}" for name in
+        f"{name}={getattr(config.augmentation, name)}" for name in
         ("crop_padding", "flip", "vertical_flip", "randaugment_n", "randaugment_magnitude",
          "randaugment_prob", "erasing_prob", "mixup_alpha", "cutmix_alpha")))
 
     sources = {
         "batched pipeline": batch_source(input_pipeline.train_dataset(
-            images, labels, config.batch_size, training.make_augment(config), config.seed,
+            images, labels, config.batch_size, input_pipeline.make_augment(
+                config.augmentation, input_pipeline.label_classes(config)), config.seed,
             0, 1_000_000)),
         "per-image pipeline": batch_source(per_image_dataset(images, labels, config)),
     }

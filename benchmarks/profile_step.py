@@ -23,11 +23,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cli  # noqa: E402
-from config import IMAGE_SIZE, UsageError  # noqa: E402
+import flags  # noqa: E402
+from config import IMAGE_SIZE  # noqa: E402
+from errors import UsageError, entry_point  # noqa: E402
 
 
 def parse(argv):
-    parser = cli.build_parser("cifar10")
+    parser = flags.build_train_parser("cifar10")
     parser.prog = "profile_step.py"
     parser.description = "Op-type profile of the app's training step on one fixed batch."
     group = parser.add_argument_group("profile")
@@ -38,7 +40,7 @@ def parse(argv):
         args.batch_size = 128
     if args.steps <= 0 or args.top <= 0:
         raise UsageError("--steps and --top must be positive")
-    return cli.config_from_args("cifar10", args), args
+    return (*flags.configs_from_args("cifar10", args), args)
 
 
 def op_times(logdir: str):
@@ -65,8 +67,9 @@ def op_times(logdir: str):
     return by_type, by_name
 
 
+@entry_point
 def main(argv=None) -> int:
-    config, args, device = cli.start_tool(parse, argv)
+    config, options, args, device = cli.start_tool(parse, argv)
     import devices
     import numpy as np
     import tensorflow as tf
@@ -74,13 +77,14 @@ def main(argv=None) -> int:
     from vit_model import build_model
 
     tf.keras.utils.set_random_seed(config.seed)
-    training.set_precision_policy(config, device)
+    training.set_precision_policy(options, device)
     rng = np.random.default_rng(config.seed)
     x = rng.integers(0, 256, (config.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     y = rng.integers(0, config.num_classes, config.batch_size)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     model = build_model(config)
-    training.compile_model(model, config, jit_compile=devices.use_xla(config.xla, device))
+    training.compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
+                           steps_per_execution=options.steps_per_execution)
     model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)     # trace, warm up
     with tempfile.TemporaryDirectory() as logdir:
         tf.profiler.experimental.start(logdir)

@@ -33,12 +33,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import cli  # noqa: E402
+import flags  # noqa: E402
 import flops  # noqa: E402
-from config import DATASETS, IMAGE_SIZE, UsageError  # noqa: E402
+from config import DATASETS, IMAGE_SIZE  # noqa: E402
+from errors import UsageError, entry_point  # noqa: E402
 
 
 def parse(argv):
-    parser = cli.build_parser("cifar10")
+    parser = flags.build_train_parser("cifar10")
     parser.prog = "train_throughput.py"
     parser.description = ("Training throughput of the app's training path (tf.data pipeline, "
                           "compile_model, model.fit) on synthetic data.")
@@ -55,18 +57,19 @@ def parse(argv):
     args = parser.parse_args(argv)
     if "batch_size" not in vars(args):
         args.batch_size = 128            # the reference figures use batch 128
-    config = cli.config_from_args(args.dataset, args)
-    step = config.steps_per_execution
+    config, options = flags.configs_from_args(args.dataset, args)
+    step = options.steps_per_execution
     for name in ("steps", "windows", "warmup", "images"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive")
     if args.steps % step or args.warmup % step:
         raise UsageError(f"--steps and --warmup must be multiples of --steps-per-execution {step}")
-    return config, args
+    return config, options, args
 
 
+@entry_point
 def main(argv=None) -> int:
-    config, args, device = cli.start_tool(parse, argv)
+    config, options, args, device = cli.start_tool(parse, argv)
     import devices
     import numpy as np
     import tensorflow as tf
@@ -78,7 +81,7 @@ def main(argv=None) -> int:
     batch = config.batch_size
     total = args.warmup + args.windows * args.steps
     keras.utils.set_random_seed(config.seed)
-    training.set_precision_policy(config, device)
+    training.set_precision_policy(options, device)
     rng = np.random.default_rng(config.seed)
     shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
     if args.model_only:
@@ -92,13 +95,15 @@ def main(argv=None) -> int:
         x = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
         y = rng.integers(0, config.num_classes, count)
         epochs = -(-total // input_pipeline.steps_per_epoch(count, batch))
-        data = input_pipeline.train_dataset(x, y, batch, training.make_augment(config),
-                                            config.seed, 0, epochs)
+        augment = input_pipeline.make_augment(config.augmentation,
+                                              input_pipeline.label_classes(config))
+        data = input_pipeline.train_dataset(x, y, batch, augment, config.seed, 0, epochs)
         path = f"input pipeline with augmentation, {count:,} synthetic uint8 images"
 
     model = build_model(config)
-    xla = devices.use_xla(config.xla, device)
-    training.compile_model(model, config, jit_compile=xla)
+    xla = devices.use_xla(options.xla, device)
+    training.compile_model(model, config, jit_compile=xla,
+                           steps_per_execution=options.steps_per_execution)
     timer = step_timer(keras)
     model.fit(data, steps_per_epoch=total, epochs=1, callbacks=[timer], shuffle=False,
               verbose=0)
@@ -117,7 +122,7 @@ def main(argv=None) -> int:
           f"{v['tensorflow_version']}, Keras {v['keras_version']}, Python "
           f"{v['python_version']} | {device.describe()}, XLA {'on' if xla else 'off'}, "
           f"{keras.mixed_precision.global_policy().name}, "
-          f"steps_per_execution {config.steps_per_execution}")
+          f"steps_per_execution {options.steps_per_execution}")
     print(f"path: {path} -> compile_model -> model.fit; {args.warmup} warm-up steps, "
           f"{args.windows} windows of {args.steps} steps")
     print(f"train throughput: {median:.1f} images/s (median of {args.windows} windows; "

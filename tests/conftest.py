@@ -1,4 +1,10 @@
+"""Shared test fixtures: tiny archives with the official layout, one tiny trained run, and
+running the app's scripts in a fresh Python."""
+import contextlib
+import io
 import os
+import shutil
+import struct
 import subprocess
 import sys
 
@@ -10,6 +16,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
 import archives  # noqa: E402  (needs the path above)
+import run_dir  # noqa: E402
+import visualize  # noqa: E402
+from config import PRESETS, RunOptions, override  # noqa: E402
 
 
 def run_app(script, *args, timeout=300, env=None):
@@ -35,3 +44,47 @@ def cifar10_tar(tmp_path_factory, cifar10_files):
     """A tiny CIFAR-10 archive, not under the official name (whose SHA-256 it cannot have)."""
     return archives.write_tar(str(tmp_path_factory.mktemp("c10") / "tiny-cifar-10.tar.gz"),
                               cifar10_files[0])
+def png_size(path):
+    """(width, height) from a PNG's IHDR chunk, which must come first after the signature."""
+    with open(path, "rb") as handle:
+        head = handle.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+def expected_size(name, num_classes=10):
+    inches = visualize.confusion_inches(num_classes) if name == run_dir.CONFUSION else \
+        visualize.INCHES[name]
+    return round(inches[0] * visualize.DPI), round(inches[1] * visualize.DPI)
+
+
+def assert_figures(folder, names):
+    for name in names:
+        assert png_size(os.path.join(folder, name)) == expected_size(name), name
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, cifar10_tar):
+    """(run directory, what training printed) of a finished 2-epoch run on the tiny CIFAR-10
+    archive, trained in this process (test_cli.py runs train_cifar10.py itself)."""
+    import cifar_data
+    import devices
+    import training
+    out = str(tmp_path_factory.mktemp("viz") / "run")
+    config = override(PRESETS["tiny"], epochs=2, batch_size=32, patch_stride=4).validate()
+    options = RunOptions(data_dir=cifar10_tar, output_dir=out)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        training.run(config, options, cifar_data.load("cifar10", cifar10_tar),
+                     devices.detect())
+    return out, printed.getvalue()
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path):
+    """A copy of the tiny run without its figures, for tests that change or redraw it."""
+    copy = str(tmp_path / "run")
+    shutil.copytree(tiny_run[0], copy,
+                    ignore=shutil.ignore_patterns("*.png", run_dir.TENSORBOARD))
+    return copy
+

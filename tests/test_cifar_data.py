@@ -164,3 +164,103 @@ def test_an_archive_that_unpacks_too_large_is_refused(monkeypatch, cifar10_tar):
     monkeypatch.setattr(cifar_data, "MAX_UNPACKED_BYTES", 4096)
     with pytest.raises(DataError, match="unpacks to more than 0 MB: not a CIFAR archive"):
         cifar_data.load("cifar10", cifar10_tar)
+class Exploit:
+    def __init__(self, marker, call=os.system):
+        self.marker, self.call = marker, call
+
+    def __reduce__(self):
+        return (self.call, (f"touch {self.marker}",))
+
+
+def with_exploit_in_test_batch(files, marker):
+    """The test batch (read last) would run code: a loader that stops at the first fault,
+    or that executes nothing, never creates the marker."""
+    evil = {b"data": Exploit(marker), b"labels": [0]}
+    return {**files, "cifar-10-batches-py/test_batch": __import__("pickle").dumps(evil, 2)}
+
+
+def write_raw_tar(path, entries):
+    import io
+    import tarfile
+    with tarfile.open(path, "w:gz") as tar:
+        for info, payload in entries:
+            tar.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path
+
+
+def malformed(kind, tmp_path, files, marker):
+    import pickle
+    import tarfile
+    files = with_exploit_in_test_batch(files, marker)
+    if kind == "truncated gzip":
+        full = open(archives.write_tar(str(tmp_path / "full.tar.gz"), files), "rb").read()
+        (tmp_path / "a.tar.gz").write_bytes(full[: len(full) // 3])
+    elif kind == "corrupt gzip":
+        full = bytearray(open(archives.write_tar(str(tmp_path / "f.tar.gz"), files), "rb").read())
+        full[200:260] = b"\x00" * 60
+        (tmp_path / "a.tar.gz").write_bytes(bytes(full))
+    elif kind == "not a tar":
+        import gzip
+        (tmp_path / "a.tar.gz").write_bytes(gzip.compress(b"just some text " * 100))
+    elif kind in ("path outside", "absolute path", "symlink"):
+        entries = []
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            entries.append((info, payload))
+        bad = tarfile.TarInfo({"path outside": "cifar-10-batches-py/../../escape",
+                               "absolute path": "/tmp/escape",
+                               "symlink": "cifar-10-batches-py/link"}[kind])
+        if kind == "symlink":
+            bad.type, bad.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            entries.insert(0, (bad, None))
+        else:
+            bad.size = 1
+            entries.insert(0, (bad, b"x"))
+        write_raw_tar(str(tmp_path / "a.tar.gz"), entries)
+    elif kind == "other CIFAR":
+        files100, _ = archives.archive_files("cifar100", per_batch=4)
+        archives.write_tar(str(tmp_path / "a.tar.gz"), files100)
+    else:
+        batch = {"pickle imports eval": {b"data": Exploit(marker, eval), b"labels": [0]},
+                 "wrong shape": {b"data": np.zeros((2, 32, 32), np.uint8), b"labels": [0, 1]},
+                 "wrong dtype": {b"data": np.zeros((2, 3072), np.int64), b"labels": [0, 1]},
+                 "labels out of range": {b"data": np.zeros((2, 3072), np.uint8),
+                                         b"labels": [0, -1]}}[kind]
+        files = {**files, "cifar-10-batches-py/data_batch_1": pickle.dumps(batch, protocol=2)}
+        archives.write_tar(str(tmp_path / "a.tar.gz"), files)
+    return str(tmp_path / "a.tar.gz")
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("truncated gzip", "truncated or not a gzip tar"),
+    ("corrupt gzip", "truncated or not a gzip tar"),
+    ("not a tar", "truncated or not a gzip tar"),
+    ("path outside", "outside its folder"),
+    ("absolute path", "outside its folder"),
+    ("symlink", "outside its folder"),
+    ("other CIFAR", "is a CIFAR-100 archive, not CIFAR-10"),
+    ("pickle imports eval", r"not plain CIFAR data .*(__builtin__|builtins)\.eval"),
+    ("wrong shape", r"data should be uint8 of shape \(N, 3072\)"),
+    ("wrong dtype", "data should be uint8"),
+    ("labels out of range", "labels outside 0..9"),
+])
+def test_malformed_archive_is_refused_and_runs_nothing(tmp_path, cifar10_files, kind, message):
+    import cifar_data
+    marker = tmp_path / "marker"
+    with pytest.raises(cifar_data.DataError, match=message):
+        cifar_data.load("cifar10", malformed(kind, tmp_path, cifar10_files[0], marker))
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_the_cli_reports_a_crafted_archive_in_one_line(tmp_path, cifar10_files):
+    from conftest import run_app
+    marker = tmp_path / "marker"
+    path = malformed("pickle imports eval", tmp_path, cifar10_files[0], marker)
+    result = run_app("train_cifar10.py", "--data-dir", path, "--output-dir", tmp_path / "o")
+    assert result.returncode == 2
+    assert [l for l in result.stderr.splitlines() if l.startswith("error:")] == [
+        l for l in result.stderr.splitlines() if "not plain CIFAR data" in l]
+    assert not marker.exists() and "Traceback" not in result.stderr
+

@@ -1,9 +1,13 @@
 """The training pipeline: fresh augmentations every epoch, labels kept with their images."""
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import data_augmentations as aug
 import input_pipeline
+import training
+from config import PRESETS, Augmentation, TrainConfig, override
+from vit_model import build_model
 
 
 def label_coded_images(n):
@@ -13,7 +17,7 @@ def label_coded_images(n):
 
 
 def augment(images, labels, seed):
-    return aug.augment_batch(images, labels, seed, crop_padding=4, flip=True)
+    return aug.augment_batch(images, labels, seed, Augmentation(randaugment_n=0))
 
 
 def collect(dataset):
@@ -85,12 +89,10 @@ def test_crop_shifts_each_image_within_the_padding():
 
 def test_the_default_augmentation_is_fresh_every_epoch():
     """The sample's settings (crop, flip, RandAugment) through the real pipeline."""
-    from config import TrainConfig
-    import training
     images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(40)                                  # one image per label
     batches = collect(input_pipeline.train_dataset(
-        images, labels, 20, training.make_augment(TrainConfig()), 3, 0, 2))
+        images, labels, 20, input_pipeline.make_augment(TrainConfig().augmentation, None), 3, 0, 2))
     epochs = [{}, {}]
     for epoch, (x, y) in zip([0, 0, 1, 1], batches):
         assert x.dtype == np.uint8 and x.shape == (20, 32, 32, 3)
@@ -102,13 +104,12 @@ def test_the_default_augmentation_is_fresh_every_epoch():
 
 def test_mixed_labels_stay_with_their_images():
     """With mixup and cutmix on, each soft label still describes its own image's pixels."""
-    from config import TrainConfig
-    import training
     images, labels = label_coded_images(60)
-    config = TrainConfig(mixup_alpha=0.4, cutmix_alpha=1.0, crop_padding=0, flip=False,
-                         randaugment_n=0)
-    for x, y in collect(input_pipeline.train_dataset(images, labels, 16,
-                                                     training.make_augment(config), 1, 0, 2)):
+    mixing = Augmentation(mixup_alpha=0.4, cutmix_alpha=1.0, crop_padding=0, flip=False,
+                          randaugment_n=0)
+    augment_mixed = input_pipeline.make_augment(mixing, 10)
+    for x, y in collect(input_pipeline.train_dataset(images, labels, 16, augment_mixed, 1, 0,
+                                                     2)):
         assert y.shape == (len(x), 10) and y.dtype == np.float32
         np.testing.assert_allclose(y.sum(axis=1), 1, atol=1e-6)
         # image of class k has value 10 + k: the mean pixel is the label-weighted value
@@ -117,21 +118,19 @@ def test_mixed_labels_stay_with_their_images():
         assert (y.max(axis=1) < 0.999).any()
 
 
+@pytest.mark.slow
 def test_soft_labels_train_and_evaluate_under_the_same_metric_names():
-    from dataclasses import replace
-    from config import PRESETS
-    import training
-    from vit_model import build_model
     images, labels = label_coded_images(32)
-    for config in [replace(PRESETS["tiny"], mixup_alpha=0.2), PRESETS["tiny"]]:
-        classes = training.label_classes(config)
+    for config in [override(PRESETS["tiny"], mixup_alpha=0.2), PRESETS["tiny"]]:
+        classes = input_pipeline.label_classes(config)
         val = input_pipeline.eval_dataset(images, labels, 16, classes)
         assert val.element_spec[1].shape.as_list() == ([None] if classes is None
                                                        else [None, 10])
         model = build_model(config)
-        training.compile_model(model, config, jit_compile=False)
-        train = input_pipeline.train_dataset(images, labels, 16,
-                                             training.make_augment(config), 0, 0, 1)
+        training.compile_model(model, config)
+        train = input_pipeline.train_dataset(
+            images, labels, 16, input_pipeline.make_augment(config.augmentation, classes),
+            0, 0, 1)
         history = model.fit(train, steps_per_epoch=2, epochs=1, validation_data=val,
                             shuffle=False, verbose=0).history
         assert {"loss", "top1", "top5", "val_loss", "val_top1", "val_top5"} <= set(history)

@@ -6,8 +6,7 @@ import pytest
 import tensorflow as tf
 
 import data_augmentations as aug
-from config import RANDAUGMENT_OPS
-from conftest import run_app
+from config import RANDAUGMENT_OPS, Augmentation
 
 SEED = tf.constant([3, 4])
 
@@ -225,10 +224,10 @@ def test_rand_augment_applies_to_each_image_only_the_ops_it_got():
 
 def test_the_training_augmentation_is_vectorised_with_one_transform():
     function = tf.function(lambda images, labels, seed: aug.augment_batch(
-        images, labels, seed, crop_padding=4, flip=True, vertical_flip=True,
-        randaugment_ops=RANDAUGMENT_OPS, randaugment_n=3, randaugment_magnitude=9.0,
-        randaugment_prob=0.8, erasing_prob=0.5, erasing_max_area=0.3, mixup_alpha=0.2,
-        cutmix_alpha=1.0))
+        images, labels, seed, Augmentation(
+            crop_padding=4, flip=True, vertical_flip=True, randaugment_ops=RANDAUGMENT_OPS,
+            randaugment_n=3, randaugment_magnitude=9.0, randaugment_prob=0.8,
+            erasing_prob=0.5, erasing_max_area=0.3, mixup_alpha=0.2, cutmix_alpha=1.0)))
     graph = function.get_concrete_function(
         tf.TensorSpec([None, 32, 32, 3], tf.uint8), tf.TensorSpec([None, 10], tf.float32),
         tf.TensorSpec([2], tf.int64)).graph
@@ -244,11 +243,11 @@ def test_each_output_image_comes_from_its_own_input_image_only():
     other = images.copy()
     other[5] = 255 - other[5]
     labels = tf.zeros([12, 10])
-    options = dict(crop_padding=4, flip=True, randaugment_ops=RANDAUGMENT_OPS,
-                   randaugment_n=2, randaugment_magnitude=15.0, erasing_prob=0.5,
-                   erasing_max_area=0.3)
-    out, _ = aug.augment_batch(tf.constant(images), labels, SEED, **options)
-    out_other, _ = aug.augment_batch(tf.constant(other), labels, SEED, **options)
+    settings = Augmentation(crop_padding=4, flip=True, randaugment_ops=RANDAUGMENT_OPS,
+                            randaugment_n=2, randaugment_magnitude=15.0, erasing_prob=0.5,
+                            erasing_max_area=0.3)
+    out, _ = aug.augment_batch(tf.constant(images), labels, SEED, settings)
+    out_other, _ = aug.augment_batch(tf.constant(other), labels, SEED, settings)
     differs = [not np.array_equal(a, b) for a, b in zip(out, out_other)]
     assert differs == [i == 5 for i in range(12)]
 
@@ -315,30 +314,12 @@ def test_mixup_and_cutmix_together_choose_per_image_and_alpha_zero_is_off():
     cut = ~flat                                                  # two values, pasted
     assert mixed_up.sum() > 8 and cut.sum() > 8
     np.testing.assert_allclose(out.mean(axis=(1, 2)), value_of(mixed.numpy()), atol=0.51)
-    same, labels_again = aug.augment_batch(tf.constant(images), labels, SEED)
+    every_step_off = Augmentation(crop_padding=0, flip=False, randaugment_n=0)
+    same, labels_again = aug.augment_batch(tf.constant(images), labels, SEED, every_step_off)
     np.testing.assert_array_equal(same, images)
     np.testing.assert_array_equal(labels_again, labels)
 
 
 # --- the preview and the benchmark ------------------------------------------------------------
 
-def test_preview_saves_a_png_of_training_images(tmp_path, cifar10_tar):
-    path = tmp_path / "preview.png"
-    result = run_app("data_augmentations.py", "--preview", path, "--data-dir", cifar10_tar,
-                     "--rows", 2, "--versions", 3, "--mixup-alpha", 0.3)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
-    result = run_app("data_augmentations.py", "--preview", path, "--randaugment-n", 99)
-    assert result.returncode == 2 and "--randaugment-n must be 0 to 8" in result.stderr
 
-
-def test_benchmark_runs_and_reports_the_ratios():
-    result = run_app("benchmarks/pipeline_throughput.py", "--images", 600, "--seconds", 0.05,
-                     "--windows", 1, "--batch-size", 64, "--train-batch-sizes", 16,
-                     "--preset", "tiny")
-    assert result.returncode == 0, result.stderr[-2000:]
-    for line in ["batched pipeline", "per-image pipeline", "train steps, batch 16",
-                 "batched / per-image pipeline", "batched / train steps, batch 16"]:
-        assert line in result.stdout
-    assert math.isfinite(float(result.stdout.split("batched / per-image pipeline")[1]
-                               .split("x")[0]))

@@ -1,0 +1,133 @@
+"""Command-line flags: the one-line-error parser every command uses, and the training flags,
+generated from the fields of config.TrainConfig (the augmentation's included) and
+config.RunOptions. No TensorFlow: a bad flag fails in well under a second.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import re
+import typing
+from typing import Dict, List, Optional, Tuple
+
+from config import (DATASETS, PRESETS, Augmentation, RunOptions, TrainConfig, flag_name, flat,
+                    leaf_fields, override)
+from errors import UsageError
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are a UsageError (one line, exit code 2), that takes
+    no abbreviations (--batch 0 is not silently --batch-size 0), and that suggests the
+    nearest flag for an unknown one."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):  # one line, not the usage block
+        unknown = re.match(r"unrecognized arguments: (\S+)", message)
+        if unknown:
+            flag = unknown.group(1).split("=")[0]
+            near = difflib.get_close_matches(flag, self._option_string_actions, n=1)
+            if near:
+                message += f"; did you mean {near[0]}?"
+        raise UsageError(f"{message} (see --help)")
+
+
+def _argument_type(hint):
+    """(argparse type, nargs) for a field's type hint."""
+    if typing.get_origin(hint) is typing.Union:          # Optional[X]
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if typing.get_origin(hint) is tuple:                  # Tuple[int, ...]
+        return typing.get_args(hint)[0], "+"
+    return hint, None
+
+
+def _type_hints() -> dict:
+    hints = {}
+    for cls in (TrainConfig, Augmentation, RunOptions):
+        hints.update(typing.get_type_hints(cls))
+    return hints
+
+
+def setting_fields() -> List[dataclasses.Field]:
+    """Every field that is a training flag: the experiment's leaves, then the run options."""
+    return [f for f in leaf_fields(TrainConfig) + list(dataclasses.fields(RunOptions))
+            if f.metadata.get("cli", True)]
+
+
+def build_train_parser(dataset: str) -> Parser:
+    name = DATASETS[dataset][0]
+    parser = Parser(
+        prog=f"train_{dataset}.py",
+        description=f"Train a Vision Transformer from scratch on {name}, on a DirectML or "
+                    "CUDA GPU or the CPU. Each flag overrides the chosen preset.",
+        argument_default=argparse.SUPPRESS)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="sample",
+                        help="named starting configuration (default: sample, the seed "
+                             "sample's model and schedule)")
+    parser.add_argument("--list-devices", action="store_true",
+                        help="print the devices TensorFlow sees and exit")
+    parser.add_argument("--restart", action="store_true",
+                        help="start the run in --output-dir over instead of resuming it")
+    add_setting_flags(parser)
+    return parser
+
+
+def add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting, its help ending with the sample preset's value."""
+    hints = _type_hints()
+    shown_defaults = {**flat(PRESETS["sample"]), **dataclasses.asdict(RunOptions())}
+    for field in setting_fields():
+        default = shown_defaults[field.name]
+        shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
+        help_text = f"{field.metadata['help']} (sample: {shown})"
+        kind, nargs = _argument_type(hints[field.name])
+        if kind is bool:
+            parser.add_argument(flag_name(field.name), action=argparse.BooleanOptionalAction,
+                                help=help_text)
+        else:
+            parser.add_argument(flag_name(field.name), type=kind, nargs=nargs, help=help_text,
+                                choices=field.metadata.get("choices"),
+                                metavar=field.name.upper())
+
+
+def given_settings(args: argparse.Namespace) -> Dict[str, object]:
+    """{setting: value} of the setting flags given on the command line (nargs lists as
+    tuples); flags not given are absent (the parser suppresses their defaults)."""
+    names = {f.name for f in setting_fields()}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
+            if k in names}
+
+
+def split_settings(settings: Dict[str, object]) -> Tuple[dict, dict]:
+    """({experiment leaf: value}, {run option: value}) of a flat settings dict."""
+    run_names = {f.name for f in dataclasses.fields(RunOptions)}
+    return ({k: v for k, v in settings.items() if k not in run_names},
+            {k: v for k, v in settings.items() if k in run_names})
+
+
+def apply_settings(config: TrainConfig, options: RunOptions,
+                   settings: Dict[str, object]) -> Tuple[TrainConfig, RunOptions]:
+    """config and options with `settings` (flat, as given_settings returns) applied, both
+    validated."""
+    experiment, run = split_settings(settings)
+    return (override(config, **experiment).validate(),
+            dataclasses.replace(options, **run).validate())
+
+
+def parse_train_flags(dataset: str, argv: Optional[List[str]]
+                      ) -> Tuple[TrainConfig, RunOptions, argparse.Namespace]:
+    """The validated experiment (the preset, overridden by every setting flag given) and run
+    options these flags describe, and the parsed flags."""
+    args = build_train_parser(dataset).parse_args(argv)
+    return (*configs_from_args(dataset, args), args)
+
+
+def configs_from_args(dataset: str, args: argparse.Namespace
+                      ) -> Tuple[TrainConfig, RunOptions]:
+    """The validated experiment and run options of flags parsed by a parser from
+    build_train_parser (other attributes of `args` are ignored)."""
+    preset = dataclasses.replace(PRESETS[getattr(args, "preset", "sample")], dataset=dataset)
+    return apply_settings(preset, RunOptions(), given_settings(args))

@@ -1,0 +1,77 @@
+"""config.py: the experiment and run options, presets, config.json old and new, resume checks."""
+import dataclasses
+import json
+
+import pytest
+
+import config
+from config import PRESETS, Augmentation, RunOptions, TrainConfig, override
+from errors import UsageError
+
+
+def test_override_reaches_the_nested_augmentation_and_refuses_unknown_names():
+    tiny = override(PRESETS["tiny"], epochs=2, mixup_alpha=0.2, crop_padding=0)
+    assert tiny.epochs == 2 and tiny.num_layers == PRESETS["tiny"].num_layers
+    assert tiny.augmentation == Augmentation(mixup_alpha=0.2, crop_padding=0)
+    assert tiny.soft_labels and not PRESETS["tiny"].soft_labels
+    with pytest.raises(TypeError):
+        override(tiny, no_such_setting=1)
+
+
+def test_config_json_round_trips_both_parts():
+    experiment = override(PRESETS["tiny"], head_units=(16, 8), randaugment_ops=("hue",),
+                          randaugment_n=1)
+    options = RunOptions(data_dir="d", output_dir="o", gpu=1, xla="off", tensorboard=False)
+    text = json.dumps(config.to_json(experiment, options))
+    assert config.from_json(json.loads(text)) == (experiment, options)
+
+
+def test_a_config_json_of_the_first_format_still_loads():
+    """Format 1 (before RunOptions) was one flat dict of every setting."""
+    old = {**{k: list(v) if isinstance(v, tuple) else v
+              for k, v in config.flat(PRESETS["tiny"]).items()},
+           "data_dir": "/data", "output_dir": "runs/x", "gpu": None,
+           "steps_per_execution": 2, "xla": "auto", "mixed_precision": "auto",
+           "tensorboard": True}
+    experiment, options = config.from_json(old)
+    assert experiment == PRESETS["tiny"]
+    assert options == RunOptions(data_dir="/data", output_dir="runs/x", steps_per_execution=2)
+    del old["randaugment_prob"]          # a setting added later gets its default
+    assert config.from_json(old)[0] == PRESETS["tiny"]
+
+
+def test_unknown_and_missing_keys_are_named_all_at_once():
+    values = config.to_json(PRESETS["sample"], RunOptions())
+    values["experiment"]["warp_speed"] = 9
+    values["run"]["colour"] = "red"
+    del values["experiment"]["seed"]
+    with pytest.raises(UsageError, match=r"unknown keys colour, warp_speed and missing keys "
+                                         r"seed: it was not written by this version"):
+        config.from_json(values, "config.json")
+    with pytest.raises(UsageError, match="format 7"):
+        config.from_json({**values, "format": 7})
+
+
+def test_resume_differences_leave_out_the_resumable_settings_and_list_every_other():
+    saved = PRESETS["sample"]
+    wanted = override(saved, epochs=200, learning_rate=1e-4, patience=3, num_layers=4,
+                      flip=False)
+    assert config.differences_that_block_resume(saved, wanted) == [
+        ("num_layers", 8, 4), ("flip", True, False)]
+
+
+def test_presets_are_valid_and_the_sample_preset_is_the_seed_sample():
+    for preset in PRESETS.values():
+        preset.validate()
+    sample = PRESETS["sample"]
+    assert (sample.patch_size, sample.num_layers, sample.embedding_dim, sample.num_heads,
+            sample.mlp_hidden_dim, sample.learning_rate, sample.batch_size, sample.epochs,
+            sample.patience) == (4, 8, 64, 8, 256, 1e-3, 512, 100, 10)
+    assert sample == TrainConfig()
+
+
+def test_run_options_are_checked():
+    with pytest.raises(UsageError, match="--gpu must be 0 or more"):
+        RunOptions(gpu=-1).validate()
+    with pytest.raises(UsageError, match="--steps-per-execution must be a positive"):
+        dataclasses.replace(RunOptions(), steps_per_execution=0).validate()

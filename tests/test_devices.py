@@ -1,0 +1,50 @@
+"""devices.py: GPU variables before TensorFlow, detection, where XLA and mixed precision go."""
+import pytest
+
+import devices
+from errors import UsageError
+
+
+def test_prepare_environment_refuses_to_run_after_tensorflow():
+    import tensorflow  # noqa: F401
+    import devices
+    with pytest.raises(RuntimeError, match="before TensorFlow"):
+        devices.prepare_environment(0)
+
+
+def test_a_gpu_asked_for_in_vain_is_said_plainly(monkeypatch):
+    import devices
+    monkeypatch.setenv("DML_VISIBLE_DEVICES", "0")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    device = devices.detect()                     # no GPU on the test machines
+    assert device.kind == "CPU"
+    assert "DML_VISIBLE_DEVICES=0 asks for a DirectML GPU" in device.warning
+    assert "training on the CPU" in device.warning
+
+
+def test_xla_and_mixed_precision_only_where_supported():
+    import devices
+    cpu, dml = devices.Device("CPU", "cpu"), devices.Device("DirectML", "gpu")
+    volta = devices.Device("CUDA", "V100", compute_capability=(7, 0))
+    pascal = devices.Device("CUDA", "P100", compute_capability=(6, 0))
+    assert [devices.use_xla("auto", d) for d in (cpu, dml, volta)] == [False, False, True]
+    assert [devices.use_mixed_precision("auto", d) for d in (cpu, dml, pascal, volta)] == [
+        False, False, False, True]
+    assert devices.use_mixed_precision("off", volta) is False
+    for check, flag in ((devices.use_xla, "--xla on"),
+                        (devices.use_mixed_precision, "--mixed-precision on")):
+        with pytest.raises(UsageError, match=f"{flag} is not possible on DirectML"):
+            check("on", dml)
+
+
+def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch):
+    """--gpu sets both variables: the warning must not blame DirectML on a CUDA/CPU stack."""
+    import devices
+    monkeypatch.setenv("DML_VISIBLE_DEVICES", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    warning = devices.detect().warning
+    if devices.directml_plugin_installed():
+        assert warning.startswith("DML_VISIBLE_DEVICES=1 asks for a DirectML GPU, but DirectML")
+    else:
+        assert warning.startswith("CUDA_VISIBLE_DEVICES=1 asks for a CUDA GPU")
+
