@@ -1,9 +1,12 @@
-"""Augmentation ops: identity at zero, per-image draws, seeds, and numpy/tf.image references."""
+"""Augmentation ops: identity at zero, per-image draws, seeds; numpy, tf.image, PIL references."""
+import functools
 import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from matplotlib import cbook
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 import data_augmentations as aug
 from config import RANDAUGMENT_OPS, Augmentation
@@ -320,6 +323,155 @@ def test_mixup_and_cutmix_together_choose_per_image_and_alpha_zero_is_off():
     np.testing.assert_array_equal(labels_again, labels)
 
 
-# --- the preview and the benchmark ------------------------------------------------------------
+# --- pixel ops against PIL ----------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def pixel_test_images():
+    """(7, 32, 32, 3) uint8: 32x32 views of matplotlib's sample photo (Grace Hopper, 512x600):
+    the whole photo resized, the face, a 2x-reduced patch, two raw 32x32 crops; then a flat
+    image and a low-contrast one (a crop squeezed into grey levels 100..115)."""
+    with Image.open(cbook.get_sample_data("grace_hopper.jpg")) as photo:
+        photo = photo.convert("RGB")
+        views = [photo.resize((32, 32), Image.BILINEAR),
+                 photo.crop((160, 100, 352, 292)).resize((32, 32), Image.BICUBIC),
+                 photo.crop((300, 380, 364, 444)).resize((32, 32), Image.BILINEAR),
+                 photo.crop((240, 200, 272, 232)), photo.crop((20, 500, 52, 532))]
+        images = [np.asarray(view) for view in views]
+    images.append(np.broadcast_to(np.array([90, 140, 200], np.uint8), (32, 32, 3)))
+    images.append((100 + images[3] // 16).astype(np.uint8))
+    return np.stack(images)
 
 
+def pixel_op_batch(op, levels, raw=False):
+    """Every test image at every level, in one batch with one level per image: returns the
+    outputs (images, levels, 32, 32, 3) as uint8 through the app's path (or, raw, the op's
+    float output in grey levels) and the input images."""
+    images = pixel_test_images()
+    batch = np.repeat(images, len(levels), axis=0)            # image-major
+    level = tf.constant(np.tile(np.asarray(levels, np.float32), len(images)))
+    out = op(aug._to_float(tf.constant(batch)), level)
+    assert out.dtype == tf.float32 and 0.0 <= out.numpy().min() and out.numpy().max() <= 1.0
+    out = out.numpy() * 255.0 if raw else aug._to_uint8(out).numpy()
+    return out.reshape((len(images), len(levels)) + images.shape[1:]), images
+
+
+def pil(function, image, *args):
+    return np.asarray(function(Image.fromarray(image), *args))
+
+
+def posterize_bits(level):
+    return 8 - round(4 * level)
+
+
+# op: (levels tried, PIL reference of (uint8 image, level) -> uint8 image)
+PIXEL_OPS = {
+    "autocontrast": ((0.0, 0.4, 1.0), lambda image, level: pil(
+        ImageOps.autocontrast, image) if level > 0 else image),
+    "equalize": ((0.0, 0.4, 1.0), lambda image, level: pil(
+        ImageOps.equalize, image) if level > 0 else image),
+    "posterize": ((0.0, 0.25, 0.4, 0.75, 1.0), lambda image, level: pil(
+        ImageOps.posterize, image, posterize_bits(level))),           # 8, 7, 6, 5, 4 bits
+    # v >= 256 (1 - level) for whole v is v >= ceil of it: thresholds 256, 192, 128, 77, 0
+    "solarize": ((0.0, 0.25, 0.5, 0.7, 1.0), lambda image, level: pil(
+        ImageOps.solarize, image, math.ceil(256 * (1 - level)))),
+}
+
+
+@pytest.mark.parametrize("name", PIXEL_OPS)
+def test_pixel_op_is_pil_exactly_with_a_level_per_image(name):
+    levels, reference = PIXEL_OPS[name]
+    out, images = pixel_op_batch(getattr(aug, name), levels)
+    for i, image in enumerate(images):
+        for j, level in enumerate(levels):
+            np.testing.assert_array_equal(out[i, j], reference(image, level),
+                                          err_msg=f"{name} image {i} level {level}")
+    # the photos change at the strongest level (a wrong op could not pass as the identity)
+    assert all(not np.array_equal(out[i, -1], images[i]) for i in range(5))
+
+
+def test_pixel_op_cases_pil_leaves_alone():
+    images = pixel_test_images()
+    flat, low = images[5], images[6]
+    for op in (aug.autocontrast, aug.equalize):           # a flat channel stays
+        np.testing.assert_array_equal(pixel_op_batch(op, (1.0,))[0][5, 0], flat)
+    stretched = pixel_op_batch(aug.autocontrast, (1.0,))[0][6, 0]
+    assert low.min() >= 100 and low.max() <= 115
+    assert (stretched.min(axis=(0, 1)) == 0).all() and (stretched.max(axis=(0, 1)) == 255).all()
+    # equalize: the low-contrast image spread over (nearly) the whole range too
+    assert np.ptp(pixel_op_batch(aug.equalize, (1.0,))[0][6, 0]) > 200
+
+
+def test_pixel_op_sharpness_is_pil_within_a_grey_level():
+    """PIL blends the image with its SMOOTH filter and truncates the blend to uint8; the op
+    computes the same blend and leaves it to the final rounding: at most 1 grey level apart,
+    equal where the factor is whole (0, 1, 2) and on the border."""
+    levels = (-1.0, -0.5, 0.0, 0.3, 0.9, 1.0)                 # factors 0, 0.5, 1, 1.3, 1.9, 2
+    out, images = pixel_op_batch(aug.sharpness, levels)
+    raw, _ = pixel_op_batch(aug.sharpness, levels, raw=True)
+    for i, image in enumerate(images):
+        smooth = pil(lambda picture: picture.filter(ImageFilter.SMOOTH), image).astype(float)
+        for j, level in enumerate(levels):
+            expected = np.asarray(ImageEnhance.Sharpness(Image.fromarray(image)).enhance(
+                1.0 + level)).astype(int)
+            difference = out[i, j].astype(int) - expected
+            assert np.abs(difference).max() <= 1, (i, level)
+            assert difference.min() >= 0                      # rounding vs truncation
+            if level in (-1.0, 0.0, 1.0):
+                np.testing.assert_array_equal(difference, 0)
+            # before rounding: PIL's blend of the image and its SMOOTH image, untruncated
+            blend = np.clip(smooth + (1.0 + level) * (image - smooth), 0, 255)
+            np.testing.assert_allclose(raw[i, j], blend, atol=2e-3, err_msg=f"{i} {level}")
+            np.testing.assert_array_equal(out[i, j, [0, -1]], image[[0, -1]])     # the border
+            np.testing.assert_array_equal(out[i, j][:, [0, -1]], image[:, [0, -1]])
+    # blurring and sharpening both change the photos, and in opposite directions
+    edges = np.abs(np.diff(out[:5].astype(int), axis=2)).mean(axis=(0, 2, 3, 4))   # per level
+    assert edges[0] < edges[1] < edges[2] < edges[3] < edges[4] < edges[5]
+
+
+PIXEL_OP_LEVELS = {"autocontrast": 1.0, "equalize": 1.0, "posterize": 1.0, "solarize": 0.6,
+                   "sharpness": -0.7}
+
+
+@pytest.mark.parametrize("name", PIXEL_OP_LEVELS)
+def test_pixel_op_level_zero_is_the_identity_bit_for_bit(name):
+    """Off-grid floats (as after the colour transform) come back exactly where the level is 0,
+    and the others change; shape and dtype are kept."""
+    images = float_images(6, seed=3)
+    level = tf.constant([0.0, PIXEL_OP_LEVELS[name]] * 3)
+    out = getattr(aug, name)(images, level)
+    assert out.dtype == tf.float32 and out.shape == images.shape
+    assert 0.0 <= out.numpy().min() and out.numpy().max() <= 1.0
+    for i in range(6):
+        assert np.array_equal(out[i], images[i]) == (i % 2 == 0), i
+
+
+@pytest.mark.parametrize("name", PIXEL_OP_LEVELS)
+def test_pixel_op_output_depends_on_its_own_image_and_level_only(name):
+    op, strength = getattr(aug, name), PIXEL_OP_LEVELS[name]
+    images = aug._to_float(tf.constant(pixel_test_images()[:6]))
+    level = tf.constant([strength, 0.5 * strength, strength, 0.0, strength, 0.3 * strength])
+    out = op(images, level).numpy()
+    # the same batch with image 2 replaced and image 4's level changed
+    other = tf.tensor_scatter_nd_update(images, [[2]], 1.0 - images[2:3])
+    other_level = tf.tensor_scatter_nd_update(level, [[4]], [0.0])
+    changed = [not np.array_equal(a, b) for a, b in zip(out, op(other, other_level).numpy())]
+    assert changed == [i in (2, 4) for i in range(6)]
+
+
+@pytest.mark.parametrize("name", PIXEL_OP_LEVELS)
+def test_pixel_op_is_vectorised_in_tf_data_with_unknown_batch_size(name):
+    op = getattr(aug, name)
+
+    def augment(batch):
+        level = tf.fill([tf.shape(batch)[0]], PIXEL_OP_LEVELS[name])
+        return aug._to_uint8(op(aug._to_float(batch), level))
+
+    images = pixel_test_images()
+    batches = list(tf.data.Dataset.from_tensor_slices(images).batch(4).map(augment))
+    assert [b.shape[0] for b in batches] == [4, 3] and batches[0].dtype == tf.uint8
+    whole = augment(tf.constant(images)).numpy()
+    np.testing.assert_array_equal(np.concatenate([b.numpy() for b in batches]), whole)
+    graph = tf.function(augment).get_concrete_function(
+        tf.TensorSpec([None, 32, 32, 3], tf.uint8)).graph
+    kinds = {op.type for op in graph.get_operations()}
+    assert not {"While", "StatelessWhile", "If", "StatelessIf", "MapDataset"} & kinds
