@@ -15,7 +15,8 @@ Attention maps are attention rollout (Abnar & Zuidema 2020, "Quantifying Attenti
 Transformers"): per block, average the heads, add the identity for the residual connection,
 renormalise the rows; multiply the blocks' matrices (last block on the left); the class
 token's row, without its entry for itself and renormalised, says how much each patch flowed
-into the class token that the classifier reads.
+into the class token that the classifier reads. A mean-pooling model has no class token and
+its classifier reads the mean of all tokens: its map is the mean of all the tokens' rows.
 """
 from __future__ import annotations
 
@@ -50,12 +51,15 @@ def confusion_inches(num_classes: int) -> tuple:
 
 # --- attention rollout: pure numpy ------------------------------------------------------------
 
-def attention_rollout(attentions: Sequence[np.ndarray]) -> np.ndarray:
-    """Per block (first block first), (B, H, T, T) attention weights with token 0 the class
-    token -> (B, T - 1): the class token's rolled-out attention over the T - 1 patches, in
-    patch order, each row non-negative and summing to 1.
+def attention_rollout(attentions: Sequence[np.ndarray], class_token: bool = True) -> np.ndarray:
+    """Per block (first block first), (B, H, T, T) attention weights -> (B, N) rolled-out
+    attention over the N patches, in patch order, each row non-negative and summing to 1.
 
-    Softmax weights are positive, so every row keeps a positive mass on the patches."""
+    class_token=True: token 0 is the class token (N = T - 1) and the map is its row.
+    class_token=False (mean pooling): all T = N tokens are patches and the map is the mean of
+    their rows, as the classifier reads the mean of the tokens; each row is a distribution,
+    so their mean is one too. Softmax weights are positive, so every row keeps a positive
+    mass on the patches."""
     joint = None
     for weights in attentions:
         mixed = np.asarray(weights, np.float64).mean(axis=1)             # (B, T, T)
@@ -64,7 +68,7 @@ def attention_rollout(attentions: Sequence[np.ndarray]) -> np.ndarray:
         joint = mixed if joint is None else mixed @ joint
     if joint is None:
         raise ValueError("attention_rollout needs the weights of at least one block")
-    to_patches = joint[:, 0, 1:]
+    to_patches = joint[:, 0, 1:] if class_token else joint.mean(axis=1)
     return to_patches / to_patches.sum(axis=-1, keepdims=True)
 
 
@@ -97,8 +101,8 @@ def model_attention_maps(model, images: np.ndarray) -> np.ndarray:
     """(B, S, S, 3) images -> (B, S, S): a VisionTransformer's attention rollout (one weight
     per patch, summing to 1) spread over the pixels by `patches_to_pixels`."""
     attentions = [np.asarray(weights) for weights in model.attention_weights(images)]
-    return patches_to_pixels(attention_rollout(attentions), model.patch_size,
-                             model.patch_stride, images.shape[1])
+    rollout = attention_rollout(attentions, class_token=model.pooling == "class_token")
+    return patches_to_pixels(rollout, model.patch_size, model.patch_stride, images.shape[1])
 
 
 # --- figures ----------------------------------------------------------------------------------
@@ -223,9 +227,11 @@ def plot_predictions(images: np.ndarray, labels: np.ndarray, probabilities: np.n
 
 
 def plot_attention_maps(images: np.ndarray, maps: np.ndarray, labels: np.ndarray,
-                        predicted: np.ndarray, label_names: Sequence[str], path: str) -> str:
+                        predicted: np.ndarray, label_names: Sequence[str], path: str,
+                        class_token: bool = True) -> str:
     """Per image (a column): the image, its (32, 32) attention map alone, and the map drawn
-    over the image. Colours are scaled per map, from its minimum to its maximum."""
+    over the image. Colours are scaled per map, from its minimum to its maximum.
+    class_token=False titles the maps for a mean-pooling model (no class token)."""
     count = len(images)
     figure, axes = plt.subplots(3, count, figsize=INCHES[ATTENTION], squeeze=False)
     for index in range(count):
@@ -241,7 +247,8 @@ def plot_attention_maps(images: np.ndarray, maps: np.ndarray, labels: np.ndarray
             axis.set_yticks([])
     for axis, label in zip(axes[:, 0], ("test image", "attention rollout", "overlaid")):
         axis.set_ylabel(label)
-    figure.suptitle("Where the class token looks: attention rollout over all blocks "
+    reader = "the class token" if class_token else "the mean of the tokens"
+    figure.suptitle(f"Where {reader} looks: attention rollout over all blocks "
                     "(bright = more attention)")
     figure.tight_layout()
     return _save(figure, path)
@@ -309,7 +316,8 @@ def write_run_figures(output_dir: str, model, x_test: np.ndarray, y_test: np.nda
     images = x_test[:ATTENTION_IMAGES]
     written.append(plot_attention_maps(images, model_attention_maps(model, images),
                                        y_test[:ATTENTION_IMAGES], predicted[:ATTENTION_IMAGES],
-                                       label_names, os.path.join(output_dir, ATTENTION)))
+                                       label_names, os.path.join(output_dir, ATTENTION),
+                                       class_token=model.pooling == "class_token"))
     print(f"Figures: {', '.join(os.path.basename(p) for p in written)} in {output_dir}")
     return written
 

@@ -1,8 +1,9 @@
 """A Vision Transformer for 32x32 images, written for TF 2.10 + DirectML and for Keras 3.
 
-Shapes below use B = batch, N = patches, T = N + 1 tokens (class token first), D = embedding
-width, H = heads, Dh = D / H. Attention is Dense + reshape + matmul + softmax: DirectML has no
-kernel for Einsum, so keras.layers.MultiHeadAttention (EinsumDense) would fall back to the CPU.
+Shapes below use B = batch, N = patches, T tokens (T = N + 1 with the class token first, the
+default; T = N under mean pooling), D = embedding width, H = heads, Dh = D / H. Attention
+is Dense + reshape + matmul + softmax: DirectML has no kernel for Einsum, so
+keras.layers.MultiHeadAttention (EinsumDense) would fall back to the CPU.
 GELU is the exact (erf) form on both stacks: Keras 3's "gelu" string means the tanh
 approximation while Keras 2's means erf, so the string would change the model between stacks.
 The gradients of GELU, LayerNorm and the attention core are written out (tf.custom_gradient):
@@ -64,6 +65,17 @@ def attend(q, k, v):
                 tf.matmul(q, d_scores, transpose_a=True), d_v)              # dk: (B, H, Dh, T)
 
     return context, grad
+
+
+def attend_plain(q, k, v, dropout=None):
+    """`attend` by autodiff, with `dropout` (a function of the (B, H, T, T) weights, e.g. a
+    Dropout layer in training) applied to the weights before they meet v. The slower path,
+    used only when attention dropout is on in training; with dropout=None it is the plain
+    formula that `attend`'s gradient is tested against."""
+    weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)                       # (B, H, T, T)
+    if dropout is not None:
+        weights = dropout(weights)
+    return tf.matmul(weights, v)
 
 
 def _layer_norm(x, gamma, beta, epsilon):
@@ -167,13 +179,46 @@ class LayerNormalization(keras.layers.LayerNormalization):
 
 
 @register
+class DropPath(keras.layers.Layer):
+    """Stochastic depth (Huang et al. 2016; timm's DropPath) on a residual branch's output
+    (B, ...): in training each sample's whole branch is dropped with probability `rate` and
+    the kept ones scaled by 1 / (1 - rate), so the expected output is unchanged; identity at
+    inference or at rate 0. The mask is one stateful tf.random.uniform draw of shape
+    (B, 1, ..., 1), an op every backend (DirectML included) has."""
+
+    def __init__(self, rate: float, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"DropPath rate must be in [0, 1), not {rate}")
+        self.rate = rate
+
+    def call(self, x, training=None):
+        if not training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        shape = tf.concat([tf.shape(x)[:1], tf.ones([len(x.shape) - 1], tf.int32)], axis=0)
+        # floor(keep + U[0, 1)) is 1 with probability keep, else 0: (B, 1, ..., 1)
+        mask = tf.floor(keep + tf.random.uniform(shape, dtype=tf.float32)) * (1.0 / keep)
+        return x * tf.cast(mask, x.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate}
+
+
+@register
 class MultiHeadSelfAttention(keras.layers.Layer):
     """softmax(Q K^T / sqrt(Dh)) V over H heads, (B, T, D) -> (B, T, D).
 
     One fused Dense makes Q, K and V; with `return_attention=True` the (B, H, T, T)
-    attention weights come back too (for attention maps)."""
+    attention weights come back too (for attention maps). `attention_dropout` drops entries
+    of the (B, H, T, T) weights in training; it takes the autodiff path `attend_plain`, so
+    at rate 0 (the default) training keeps the fast `attend` kernel."""
 
-    def __init__(self, embedding_dim: int, num_heads: int, **kwargs):
+    def __init__(self, embedding_dim: int, num_heads: int, attention_dropout: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         if embedding_dim % num_heads:
             raise ValueError(f"embedding_dim {embedding_dim} is not divisible by "
@@ -181,10 +226,16 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         self.embedding_dim = embedding_dim
         self.num_heads = num_heads
         self.head_dim = embedding_dim // num_heads
+        self.attention_dropout_rate = attention_dropout
         self.qkv = keras.layers.Dense(3 * embedding_dim, name="qkv")
         self.output_proj = keras.layers.Dense(embedding_dim, name="output_proj")
+        # Only when on: at rate 0 the layer has exactly the sublayers (and, on Keras 3, the
+        # seed variables) it had before this option existed.
+        self.attention_dropout = (keras.layers.Dropout(attention_dropout,
+                                                       name="attention_dropout")
+                                  if attention_dropout > 0 else None)
 
-    def call(self, x, return_attention=False):
+    def call(self, x, training=None, return_attention=False):
         tokens, heads, head_dim = x.shape[1], self.num_heads, self.head_dim
         q, k, v = tf.split(self.qkv(x), 3, axis=-1)                         # 3 x (B, T, D)
         q = q * tf.cast(1.0 / math.sqrt(head_dim), q.dtype)      # scaled before the product
@@ -196,6 +247,9 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         if return_attention:                      # inference only: no gradient needed
             weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)               # (B, H, T, T)
             context = tf.matmul(weights, v)
+        elif training and self.attention_dropout is not None:
+            context = attend_plain(q, k, v, lambda weights: self.attention_dropout(
+                weights, training=True))
         else:
             context = attend(q, k, v)                                       # (B, H, T, Dh)
         context = tf.transpose(context, [0, 2, 1, 3])                       # (B, T, H, Dh)
@@ -207,34 +261,43 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
-                "num_heads": self.num_heads}
+                "num_heads": self.num_heads, "attention_dropout": self.attention_dropout_rate}
 
 
 @register
 class TransformerBlock(keras.layers.Layer):
-    """Pre-LayerNorm block: x + Drop(MHSA(LN(x))), then x + Drop(MLP(LN(x))); (B,T,D)->(B,T,D)."""
+    """Pre-LayerNorm block, (B, T, D) -> (B, T, D): x + DropPath(Drop(MHSA(LN(x)))), then
+    x + DropPath(Drop(MLP(LN(x)))), as timm's Block. `drop_path` is this block's stochastic
+    depth rate, `attention_dropout` the rate on its attention weights."""
 
     def __init__(self, embedding_dim: int, num_heads: int, mlp_hidden_dim: int,
-                 dropout: float, **kwargs):
+                 dropout: float, drop_path: float = 0.0, attention_dropout: float = 0.0,
+                 **kwargs):
         super().__init__(**kwargs)
         self.embedding_dim = embedding_dim
         self.num_heads = num_heads
         self.mlp_hidden_dim = mlp_hidden_dim
         self.dropout_rate = dropout
+        self.drop_path_rate = drop_path
+        self.attention_dropout_rate = attention_dropout
         self.attention_norm = LayerNormalization(epsilon=1e-6, name="attention_norm")
-        self.attention = MultiHeadSelfAttention(embedding_dim, num_heads, name="attention")
+        self.attention = MultiHeadSelfAttention(embedding_dim, num_heads, attention_dropout,
+                                                name="attention")
         self.mlp_norm = LayerNormalization(epsilon=1e-6, name="mlp_norm")
         self.mlp_in = keras.layers.Dense(mlp_hidden_dim, name="mlp_in")
         self.mlp_out = keras.layers.Dense(embedding_dim, name="mlp_out")
         self.dropout = keras.layers.Dropout(dropout, name="dropout")
+        self.drop_path = DropPath(drop_path, name="drop_path")          # no weights
 
     def call(self, x, training=None, return_attention=False):
-        attended = self.attention(self.attention_norm(x), return_attention=return_attention)
+        attended = self.attention(self.attention_norm(x), training=training,
+                                  return_attention=return_attention)
         if return_attention:
             attended, weights = attended
-        x = x + self.dropout(attended, training=training)
+        x = x + self.drop_path(self.dropout(attended, training=training), training=training)
         hidden = self.dropout(gelu(self.mlp_in(self.mlp_norm(x))), training=training)
-        x = x + self.dropout(self.mlp_out(hidden), training=training)
+        x = x + self.drop_path(self.dropout(self.mlp_out(hidden), training=training),
+                               training=training)
         return (x, weights) if return_attention else x
 
     def compute_output_shape(self, input_shape):
@@ -243,18 +306,33 @@ class TransformerBlock(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
                 "num_heads": self.num_heads, "mlp_hidden_dim": self.mlp_hidden_dim,
-                "dropout": self.dropout_rate}
+                "dropout": self.dropout_rate, "drop_path": self.drop_path_rate,
+                "attention_dropout": self.attention_dropout_rate}
 
 
 @register
 class VisionTransformer(keras.Model):
-    """uint8 or float 0..255 images (B, S, S, 3) -> class logits (B, num_classes)."""
+    """uint8 or float 0..255 images (B, S, S, 3) -> class logits (B, num_classes).
+
+    Options (each default is the original model): `drop_path`, the stochastic depth rate of
+    the last block, rising linearly from 0 at block 0 (timm's schedule); `attention_dropout`
+    on every block's attention weights; `head_units=()` for a plain linear classifier on the
+    pooled token; `pooling` "class_token" (read the class token after the final norm) or
+    "mean" (average the N patch tokens after the final norm, with no class token: T = N, as
+    timm's global_pool="avg", class_token=False)."""
+
+    POOLINGS = ("class_token", "mean")
 
     def __init__(self, num_classes: int, image_size: int = 32, patch_size: int = 4,
                  patch_stride: int = 4, num_layers: int = 8, embedding_dim: int = 64,
                  num_heads: int = 8, mlp_hidden_dim: int = 256, head_units=(512, 256),
-                 dropout: float = 0.2, **kwargs):
+                 dropout: float = 0.2, drop_path: float = 0.0, attention_dropout: float = 0.0,
+                 pooling: str = "class_token", **kwargs):
         super().__init__(**kwargs)
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {self.POOLINGS}, not {pooling!r}")
+        if not 0.0 <= drop_path < 1.0:
+            raise ValueError(f"drop_path must be in [0, 1), not {drop_path}")
         self.num_classes = num_classes
         self.image_size = image_size
         self.patch_size = patch_size
@@ -265,34 +343,54 @@ class VisionTransformer(keras.Model):
         self.mlp_hidden_dim = mlp_hidden_dim
         self.head_units = tuple(head_units)
         self.dropout_rate = dropout
-        self.num_tokens = patch_grid_side(image_size, patch_size, patch_stride) ** 2 + 1
+        self.drop_path_rate = drop_path
+        self.attention_dropout_rate = attention_dropout
+        self.pooling = pooling
+        uses_class_token = pooling == "class_token"
+        self.num_tokens = (patch_grid_side(image_size, patch_size, patch_stride) ** 2
+                           + int(uses_class_token))
 
         self.patches = PatchExtractor(patch_size, patch_stride, name="patches")
         self.patch_proj = keras.layers.Dense(embedding_dim, name="patch_proj")
-        self.class_token = ClassToken(name="class_token")
+        self.class_token = ClassToken(name="class_token") if uses_class_token else None
         self.position_embedding = keras.layers.Embedding(
             self.num_tokens, embedding_dim, name="position_embedding",
             embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02))
         self.blocks = [TransformerBlock(embedding_dim, num_heads, mlp_hidden_dim, dropout,
-                                        name=f"block_{i}") for i in range(num_layers)]
+                                        drop_path=rate, attention_dropout=attention_dropout,
+                                        name=f"block_{i}")
+                       for i, rate in enumerate(self.drop_path_rates())]
         self.norm = LayerNormalization(epsilon=1e-6, name="norm")
         self.head_layers = [keras.layers.Dense(units, name=f"head_{i}")
                             for i, units in enumerate(self.head_units)]
-        self.head_dropout = keras.layers.Dropout(dropout, name="head_dropout")
+        # A linear classifier (head_units=()) has no hidden layer to drop out of.
+        self.head_dropout = (keras.layers.Dropout(dropout, name="head_dropout")
+                             if self.head_units else None)
         # float32 logits even under a mixed-precision policy, for a stable softmax loss.
         self.classifier = keras.layers.Dense(num_classes, dtype="float32", name="logits")
 
+    def drop_path_rates(self):
+        """Block i of L gets drop_path * i / (L - 1): 0 for the first, drop_path for the
+        last (a single block gets 0)."""
+        last = self.num_layers - 1
+        return [self.drop_path_rate * i / last if last > 0 else 0.0
+                for i in range(self.num_layers)]
+
     def embed(self, images):
-        """(B, S, S, 3) 0..255 -> (B, T, D) tokens: class token first, positions added."""
+        """(B, S, S, 3) 0..255 -> (B, T, D) tokens, positions added: the class token first
+        (class-token pooling), or the N patch tokens alone (mean pooling)."""
         x = tf.cast(images, self.compute_dtype) * tf.cast(1.0 / 255.0, self.compute_dtype)
-        tokens = self.class_token(self.patch_proj(self.patches(x)))
+        tokens = self.patch_proj(self.patches(x))                           # (B, N, D)
+        if self.class_token is not None:
+            tokens = self.class_token(tokens)                               # (B, N + 1, D)
         return tokens + self.position_embedding(tf.range(self.num_tokens))
 
     def call(self, images, training=None):
         x = self.embed(images)
         for block in self.blocks:
             x = block(x, training=training)
-        x = self.norm(x)[:, 0]                                              # class token
+        x = self.norm(x)                                                    # (B, T, D)
+        x = x[:, 0] if self.class_token is not None else tf.reduce_mean(x, axis=1)  # (B, D)
         for dense in self.head_layers:
             x = self.head_dropout(gelu(dense(x)), training=training)
         return self.classifier(x)
@@ -311,7 +409,9 @@ class VisionTransformer(keras.Model):
                 "patch_size": self.patch_size, "patch_stride": self.patch_stride,
                 "num_layers": self.num_layers, "embedding_dim": self.embedding_dim,
                 "num_heads": self.num_heads, "mlp_hidden_dim": self.mlp_hidden_dim,
-                "head_units": list(self.head_units), "dropout": self.dropout_rate}
+                "head_units": list(self.head_units), "dropout": self.dropout_rate,
+                "drop_path": self.drop_path_rate,
+                "attention_dropout": self.attention_dropout_rate, "pooling": self.pooling}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
@@ -320,12 +420,15 @@ class VisionTransformer(keras.Model):
 
 def build_model(config) -> VisionTransformer:
     """The model a TrainConfig describes, built (weights created) for 32x32x3 images."""
+    # bridge: config fields come in the config redesign
+    options = {name: getattr(config, name, default) for name, default in
+               (("drop_path", 0.0), ("attention_dropout", 0.0), ("pooling", "class_token"))}
     model = VisionTransformer(
         num_classes=config.num_classes, image_size=IMAGE_SIZE, patch_size=config.patch_size,
         patch_stride=config.patch_stride, num_layers=config.num_layers,
         embedding_dim=config.embedding_dim, num_heads=config.num_heads,
         mlp_hidden_dim=config.mlp_hidden_dim, head_units=config.head_units,
-        dropout=config.dropout, name="vit")
+        dropout=config.dropout, **options, name="vit")
     model(tf.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8))
     return model
 

@@ -42,6 +42,34 @@ def test_rollout_of_a_hand_worked_two_block_example():
     np.testing.assert_allclose(rollout, [[1 / 3, 2 / 3]])
 
 
+def test_rollout_without_a_class_token_averages_every_token_row():
+    """Mean pooling: all T tokens are patches, and the map is the mean of the rolled-out rows."""
+    first = np.array([[[0, 1], [0, 1.]], [[1, 0], [0, 1.]]])   # two heads: mean [[.5,.5],[0,1]]
+    second = np.array([[[1, 0], [1, 0.]]])                      # one head
+    # + identity, rows renormalised: A1 = [[.75,.25],[0,1]], A2 = [[1,0],[.5,.5]];
+    # A2 @ A1 = [[.75,.25],[.375,.625]], whose mean row is [.5625, .4375].
+    attentions = [first[None], second[None]]
+    np.testing.assert_allclose(visualize.attention_rollout(attentions, class_token=False),
+                               [[9 / 16, 7 / 16]])
+    # the class token's reading of the same weights: row 0 without token 0, renormalised
+    np.testing.assert_allclose(visualize.attention_rollout(attentions), [[1.0]])
+
+
+def test_rollout_of_a_mean_pooling_model_covers_all_its_patches():
+    from vit_model import VisionTransformer
+    model = VisionTransformer(10, patch_size=8, patch_stride=8, num_layers=2, embedding_dim=16,
+                              num_heads=2, mlp_hidden_dim=8, head_units=(), pooling="mean")
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    attentions = [np.asarray(w) for w in model.attention_weights(images)]
+    assert [w.shape for w in attentions] == [(3, 2, 16, 16)] * 2      # 16 patches, no class token
+    expected = visualize.patches_to_pixels(
+        visualize.attention_rollout(attentions, class_token=False), 8, 8)
+    maps = visualize.model_attention_maps(model, images)
+    np.testing.assert_allclose(maps, expected)
+    np.testing.assert_allclose(maps.reshape(3, 4, 8, 4, 8)[:, :, 0, :, 0].sum(axis=(1, 2)), 1,
+                               rtol=1e-6)                       # one pixel per patch: sums to 1
+
+
 @pytest.mark.slow
 def test_rollout_of_the_trained_model_is_a_distribution_over_its_patches(tiny_run,
                                                                         cifar10_files):

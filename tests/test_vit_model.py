@@ -10,11 +10,33 @@ import tensorflow as tf
 
 import vit_model
 from config import PRESETS, TrainConfig
-from vit_model import (ClassToken, MultiHeadSelfAttention, PatchExtractor, TransformerBlock,
-                       VisionTransformer, build_model)
+from vit_model import (ClassToken, DropPath, MultiHeadSelfAttention, PatchExtractor,
+                       TransformerBlock, VisionTransformer, build_model)
 
 keras = tf.keras
 RNG = np.random.default_rng(0)
+ALL_OPTIONS = {"drop_path": 0.1, "attention_dropout": 0.1, "head_units": (), "pooling": "mean"}
+
+
+class WithOptions:
+    """A TrainConfig plus model options it has no fields for yet, which build_model reads
+    with getattr (its bridge until the config redesign)."""
+
+    def __init__(self, config, **options):
+        self._config = config
+        self.__dict__.update(options)
+
+    def __getattr__(self, name):
+        return getattr(self._config, name)
+
+
+def small_model(**options):
+    """A 1-block ViT on 2x2 patches of 16x16 (N = 4), width 16: small enough to count by hand."""
+    arguments = {"patch_size": 16, "patch_stride": 16, "num_layers": 1, "embedding_dim": 16,
+                 "num_heads": 2, "mlp_hidden_dim": 8, "head_units": (), "dropout": 0.0}
+    model = VisionTransformer(10, **{**arguments, **options})
+    model(images(1))
+    return model
 
 
 def images(batch=2):
@@ -132,8 +154,13 @@ def test_weights_saved_with_keras_layer_normalization_still_load(tmp_path, monke
     np.testing.assert_allclose(new(x).numpy(), old(x).numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_every_trainable_weight_gets_a_finite_gradient():
-    model = build_model(TrainConfig(num_layers=2))
+@pytest.mark.parametrize("options", [
+    {}, {"drop_path": 0.1}, {"attention_dropout": 0.1}, {"head_units": ()},
+    {"pooling": "mean"}, ALL_OPTIONS], ids=["default", "drop_path", "attention_dropout",
+                                            "linear_head", "mean_pool", "all_options"])
+def test_every_trainable_weight_gets_a_finite_gradient(options):
+    keras.utils.set_random_seed(0)              # the dropout and drop-path masks
+    model = build_model(WithOptions(TrainConfig(num_layers=2), **options))
     x, y = images(8), RNG.integers(0, 10, 8)
     with tf.GradientTape() as tape:
         loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True),
@@ -151,7 +178,11 @@ def test_every_trainable_weight_gets_a_finite_gradient():
     TransformerBlock(16, 4, 32, 0.3, name="b"),
     VisionTransformer(10, patch_size=8, patch_stride=8, num_layers=1, embedding_dim=16,
                       num_heads=2, mlp_hidden_dim=8, head_units=(4,), dropout=0.3, name="v"),
-])
+    DropPath(0.1, name="d"), MultiHeadSelfAttention(16, 4, attention_dropout=0.1, name="a1"),
+    TransformerBlock(16, 4, 32, 0.3, drop_path=0.1, attention_dropout=0.1, name="b1"),
+    VisionTransformer(10, patch_size=8, patch_stride=8, num_layers=3, embedding_dim=16,
+                      num_heads=2, mlp_hidden_dim=8, dropout=0.3, name="v1", **ALL_OPTIONS),
+], ids=lambda layer: layer.name)
 def test_get_config_round_trips_every_constructor_argument(layer):
     config = layer.get_config()
     own_init = vars(type(layer)).get("__init__")                 # not Keras' base class's
@@ -163,8 +194,10 @@ def test_get_config_round_trips_every_constructor_argument(layer):
 
 
 @pytest.mark.slow
-def test_saved_model_loads_back_with_the_same_outputs(tmp_path):
-    model = build_model(PRESETS["tiny"])
+@pytest.mark.parametrize("config", [PRESETS["tiny"], WithOptions(PRESETS["tiny"], **ALL_OPTIONS)],
+                         ids=["default", "all_options"])
+def test_saved_model_loads_back_with_the_same_outputs(tmp_path, config):
+    model = build_model(config)
     model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True))
     x, y = images(16), RNG.integers(0, 10, 16)
     model.fit(x, y, epochs=1, verbose=0)                     # trained, not initial weights
@@ -173,10 +206,11 @@ def test_saved_model_loads_back_with_the_same_outputs(tmp_path):
     assert os.path.exists(path)
     loaded = vit_model.load_model(path)
     assert isinstance(loaded, VisionTransformer)
+    assert loaded.get_config() == model.get_config()
     np.testing.assert_allclose(loaded(x, training=False).numpy(), expected, atol=1e-6)
     # and the portable way: config + weights file
     model.save_weights(str(tmp_path / "w.weights.h5"))
-    rebuilt = build_model(PRESETS["tiny"])
+    rebuilt = build_model(config)
     rebuilt.load_weights(str(tmp_path / "w.weights.h5"))
     np.testing.assert_allclose(rebuilt(x, training=False).numpy(), expected, atol=1e-6)
 @pytest.mark.parametrize("p", [2, 4, 8, 16, 32])
@@ -293,3 +327,135 @@ def test_model_attention_maps_equal_the_plain_formula():
     expected /= expected.sum(-1, keepdims=True)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
+
+
+
+# --- model options: stochastic depth, attention dropout, linear head, mean pooling -----------
+
+def test_drop_path_is_the_identity_at_inference_and_at_rate_zero():
+    x = tf.random.normal((64, 5, 8))
+    for training in (False, None):
+        np.testing.assert_array_equal(DropPath(0.5)(x, training=training).numpy(), x.numpy())
+    np.testing.assert_array_equal(DropPath(0.0)(x, training=True).numpy(), x.numpy())
+    for rate in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="rate must be in"):
+            DropPath(rate)
+
+
+@pytest.mark.parametrize("policy, dtype", [("float32", tf.float32),
+                                           ("mixed_float16", tf.float16)])
+def test_drop_path_zeroes_whole_samples_at_its_rate_and_scales_the_rest(policy, dtype):
+    rate, batch = 0.25, 4000
+    x = tf.cast(tf.random.uniform((batch, 3, 5), 1.0, 2.0), dtype)    # no zeros of its own
+    out = DropPath(rate, dtype=policy)(x, training=True)
+    assert out.dtype == dtype
+    out, x = out.numpy().astype(np.float64), x.numpy().astype(np.float64)
+    dropped = np.all(out == 0, axis=(1, 2))
+    # a sample is dropped whole or kept whole, scaled by 1 / keep
+    np.testing.assert_allclose(out[~dropped], x[~dropped] / (1 - rate), rtol=1e-3)
+    # Binomial(4000, 0.25): standard deviation of the fraction 0.0068; 0.03 is 4.4 of them
+    assert abs(dropped.mean() - rate) < 0.03, dropped.mean()
+
+
+@pytest.mark.parametrize("layers, expected", [
+    (5, [0.0, 0.05, 0.1, 0.15, 0.2]), (2, [0.0, 0.2]), (1, [0.0])])
+def test_drop_path_rates_rise_linearly_over_the_blocks(layers, expected):
+    model = VisionTransformer(10, num_layers=layers, embedding_dim=16, num_heads=2,
+                              mlp_hidden_dim=8, drop_path=0.2)
+    np.testing.assert_allclose([block.drop_path.rate for block in model.blocks], expected,
+                               atol=1e-12)
+    assert [block.get_config()["drop_path"] for block in model.blocks] == \
+        [block.drop_path.rate for block in model.blocks]
+    with pytest.raises(ValueError, match="drop_path must be in"):
+        VisionTransformer(10, num_layers=1, drop_path=1.0)
+
+
+def test_attention_dropout_plain_path_equals_the_fast_kernel_at_rate_zero():
+    """attend_plain (autodiff, where attention dropout goes) gives attend's outputs and
+    gradients when nothing is dropped (float64, random upstream gradient)."""
+    b, h, t, dh = 2, 3, 7, 4
+    q, k, v, upstream = (tf.constant(RNG.normal(size=s)) for s in
+                         ((b, h, t, dh), (b, h, dh, t), (b, h, t, dh), (b, h, t, dh)))
+    dropout = keras.layers.Dropout(0.0, dtype="float64")        # no cast to float32
+    results = []
+    for fn in (vit_model.attend, lambda *qkv: vit_model.attend_plain(*qkv),
+               lambda *qkv: vit_model.attend_plain(*qkv, lambda w: dropout(w, training=True))):
+        with tf.GradientTape() as tape:
+            tape.watch([q, k, v])
+            out = fn(q, k, v)
+        results.append((out, tape.gradient(out, [q, k, v], output_gradients=upstream)))
+    (fast, fast_grads), *plain = results
+    for out, grads in plain:
+        np.testing.assert_allclose(out.numpy(), fast.numpy(), rtol=1e-10)
+        for got, expected in zip(grads, fast_grads):
+            np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_attention_dropout_drops_weights_in_training_only(monkeypatch):
+    # v = identity (T = Dh) makes attend_plain return the dropped (B, H, T, T) weights.
+    b, h, t, rate = 8, 4, 32, 0.25
+    q, k = RNG.normal(size=(b, h, t, t)), RNG.normal(size=(b, h, t, t))
+    eye = np.broadcast_to(np.eye(t), (b, h, t, t))
+    weights = tf.nn.softmax(q @ k, axis=-1).numpy()
+    dropout = keras.layers.Dropout(rate, dtype="float64")
+    dropped = vit_model.attend_plain(q, k, eye, lambda w: dropout(w, training=True)).numpy()
+    zero = dropped == 0
+    np.testing.assert_allclose(dropped[~zero], weights[~zero] / (1 - rate), rtol=1e-9)
+    assert abs(zero.mean() - rate) < 0.02, zero.mean()      # 32,768 entries: sd 0.0024
+
+    # Which path the layer takes: the fast kernel unless attention dropout is on in training.
+    calls = []
+    fast = vit_model.attend
+    monkeypatch.setattr(vit_model, "attend", lambda *qkv: calls.append(1) or fast(*qkv))
+    x = tf.constant(RNG.normal(size=(2, 5, 16)), tf.float32)
+    off, on = MultiHeadSelfAttention(16, 4), MultiHeadSelfAttention(16, 4, attention_dropout=0.5)
+    off(x)
+    on(x)
+    on.set_weights(off.get_weights())
+    for layer, training, fast_path in ((off, True, True), (on, False, True), (on, True, False)):
+        calls.clear()
+        out = layer(x, training=training)
+        assert bool(calls) == fast_path, (layer.attention_dropout_rate, training)
+        if fast_path:                             # no dropout: the rate-0 layer's outputs
+            np.testing.assert_allclose(out.numpy(), off(x).numpy(), rtol=1e-6, atol=1e-6)
+        else:
+            assert not np.allclose(out.numpy(), off(x).numpy(), atol=1e-3)
+
+
+def test_linear_head_maps_the_class_token_straight_to_logits():
+    """head_units=(): logits = norm(tokens)[:, 0] W + b, and a hand-counted parameter total."""
+    model = small_model(head_units=())
+    x = images(3)
+    assert model.head_layers == [] and model.head_dropout is None
+    assert model(x).shape == (3, 10)
+    tokens = model.embed(x)
+    for block in model.blocks:
+        tokens = block(tokens)
+    kernel, bias = model.classifier.get_weights()
+    expected = model.norm(tokens).numpy()[:, 0] @ kernel + bias
+    np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    d, m, p, t = 16, 8, 16 * 16 * 3, 4 + 1
+    block = 2 * (2 * d) + (d * 3 * d + 3 * d) + (d * d + d) + (d * m + m) + (m * d + d)
+    assert model.count_params() == (p * d + d) + d + t * d + block + 2 * d + (d * 10 + 10)
+
+
+def test_mean_pooling_has_no_class_token_and_averages_the_patch_tokens():
+    model = small_model(pooling="mean", head_units=(6,))
+    x = images(3)
+    assert model.class_token is None and model.num_tokens == 4
+    assert model.position_embedding.weights[0].shape == (4, 16)
+    assert not any("token" in weight.name for weight in model.weights)
+    tokens = model.embed(x)
+    assert tokens.shape == (3, 4, 16)
+    for block in model.blocks:
+        tokens = block(tokens)
+    pooled = model.norm(tokens).numpy().mean(axis=1)                    # (B, D)
+    (k1, b1), (k2, b2) = model.head_layers[0].get_weights(), model.classifier.get_weights()
+    expected = vit_model.gelu(tf.constant(pooled @ k1 + b1)).numpy() @ k2 + b2
+    np.testing.assert_allclose(model(x).numpy(), expected, rtol=1e-5, atol=1e-5)
+    assert [w.shape for w in model.attention_weights(x)] == [(3, 2, 4, 4)]
+    # parameters: the class-token model's, less its token and one position row
+    class_token = small_model(head_units=(6,))
+    assert model.count_params() == class_token.count_params() - 2 * 16
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        VisionTransformer(10, pooling="max")
