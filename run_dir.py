@@ -134,20 +134,30 @@ class RunState:
 
 
 def optimizer_variables(optimizer) -> list:
-    """The optimizer's variables (step count, moments). Under mixed precision these are the
+    """Adam's or AdamW's variables (step count, moments). Under mixed precision these are the
     inner optimizer's: the loss scale starts afresh, so a run can resume with another
-    precision."""
+    precision. The step count comes first when the optimizer's own list lacks it (Keras
+    2.10's experimental optimizers, e.g. its AdamW, list only the moments): a schedule and
+    Adam's bias correction read it."""
     optimizer = getattr(optimizer, "inner_optimizer", optimizer)
     variables = optimizer.variables          # a method on Keras 2's optimizers, a list on 3
-    return list(variables() if callable(variables) else variables)
+    variables = list(variables() if callable(variables) else variables)
+    if not any(v is optimizer.iterations for v in variables):   # `in` would compare values
+        variables.insert(0, optimizer.iterations)
+    return variables
 
 
 def build_optimizer_slots(optimizer, model) -> None:
     """Creates the optimizer's variables (they are made at the first update otherwise) by
-    applying zero gradients: Adam then moves no weight, and the values are restored next."""
+    applying zero gradients, and leaves the weights as they were: Adam moves none then, but
+    AdamW's decoupled decay would (w -= lr * wd * w), so they are put back. The optimizer's
+    values are restored next."""
     import tensorflow as tf
     variables = model.trainable_variables
+    values = [tf.identity(v) for v in variables]
     optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables], variables))
+    for variable, value in zip(variables, values):
+        variable.assign(value)
 
 
 def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
