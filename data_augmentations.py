@@ -274,6 +274,11 @@ def sharpness(images, level):
     return _unless_zero(level, out, images)
 
 
+# The pixel ops by RandAugment name (their level mappings are in each function's docstring).
+PIXEL_OPS = {"autocontrast": autocontrast, "equalize": equalize, "posterize": posterize,
+             "solarize": solarize, "sharpness": sharpness}
+
+
 # --- all per-image ops in one pass ----------------------------------------------------------
 
 def apply_ops(images, seed, bounds: Mapping[str, Bound], crop_padding: int = 0,
@@ -283,7 +288,9 @@ def apply_ops(images, seed, bounds: Mapping[str, Bound], crop_padding: int = 0,
     image; 0 leaves an image as it is), plus a random crop after zero-padding by crop_padding
     and random mirroring. Colour first (one affine map per image), then geometry in the order
     crop, flips, zoom, shear, rotation, translation, composed into one sampling matrix per
-    image and applied by one transform; rounded to uint8 once."""
+    image and applied by one transform; rounded to uint8 once. The pixel ops (PIXEL_OPS) come
+    between colour and geometry, each on the whole batch with a level per image (|draw|;
+    sharpness keeps the sign: negative blurs)."""
     batch, height, width = tf.shape(images)[0], images.shape[1], images.shape[2]
 
     def uniform(name, shape, low=-1.0, high=1.0, dtype=tf.float32):
@@ -319,12 +326,16 @@ def apply_ops(images, seed, bounds: Mapping[str, Bound], crop_padding: int = 0,
         sampling.append(translation_matrix(drawn("translation") * width,
                                            drawn("translation", 1) * height))
     recolour = bool(set(draws) & set(COLOR_OPS))
-    if not (recolour or sampling):
+    pixel_ops = [op for op in PIXEL_OPS if op in draws]
+    if not (recolour or pixel_ops or sampling):
         return images
     x = _to_float(images)
     if recolour:
         x = color_transform(x, drawn("hue"), 1.0 + drawn("saturation"), drawn("brightness"),
                             1.0 + drawn("contrast"))
+    for op in pixel_ops:           # before the geometry: no black border in their histograms
+        level = drawn(op) if op == "sharpness" else tf.abs(drawn(op))
+        x = PIXEL_OPS[op](x, level)
     if sampling:
         x = projective_transform(x, functools.reduce(tf.matmul, sampling))
     return _to_uint8(x)

@@ -39,8 +39,8 @@ def _argument_type(hint):
     """(argparse type, nargs) for a field's type hint."""
     if typing.get_origin(hint) is typing.Union:          # Optional[X]
         hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    if typing.get_origin(hint) is tuple:                  # Tuple[int, ...]
-        return typing.get_args(hint)[0], "+"
+    if typing.get_origin(hint) is tuple:                  # Tuple[int, ...], may be empty
+        return typing.get_args(hint)[0], "*"
     return hint, None
 
 

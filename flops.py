@@ -19,7 +19,7 @@ def forward_flops_per_image(config, image_size: int = 32, channels: int = 3) -> 
     """{part: FLOPs} of one image's forward pass for a TrainConfig-like object."""
     side = patch_grid_side(image_size, config.patch_size, config.patch_stride)
     n = side * side                                  # patches
-    t = n + 1                                        # tokens, class token included
+    t = n + (config.pooling == "class_token")        # tokens, a class token included
     d, m = config.embedding_dim, config.mlp_hidden_dim
     patch = config.patch_size ** 2 * channels
     per_block = {

@@ -117,6 +117,10 @@ class RunState:
     stopped_early: bool = False
     train_seconds: float = 0.0        # summed over every session of the run
     history: List[Dict[str, float]] = field(default_factory=list)
+    # The cosine schedule's [total, warmup] optimizer steps, fixed when the run starts, so
+    # that a resumed or extended run follows the rates it began with.
+    schedule_steps: Optional[List[int]] = None
+    plan: Optional[Dict[str, float]] = None    # --time-budget: what was measured and planned
 
     def to_json(self) -> str:
         # -inf is not JSON; before the first epoch there is no best yet

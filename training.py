@@ -11,16 +11,20 @@ import math
 import os
 import signal
 import sys
+import tempfile
 import time
 import zipfile
 from contextlib import contextmanager
 from dataclasses import replace
+from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 import cifar_data
 import devices
 import input_pipeline
+import optimization
 import run_dir
 import visualize
 from config import RunOptions, TrainConfig, to_json
@@ -29,8 +33,10 @@ from run_dir import RunState
 from vit_model import build_model
 
 keras = tf.keras
-MIN_LEARNING_RATE = 1e-6
 LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate
+# --time-budget: untimed steps first (tracing, warm caches), then timed ones; the plan uses
+# this share of the budget, as epochs vary by a few percent in length.
+CALIBRATION_WARMUP_STEPS, CALIBRATION_STEPS, BUDGET_SHARE = 3, 10, 0.95
 
 
 class Bookkeeper(keras.callbacks.Callback):
@@ -85,9 +91,12 @@ class Bookkeeper(keras.callbacks.Callback):
         state = self.state
         state.train_seconds += time.perf_counter() - self.epoch_started
         state.epochs_done = epoch + 1
-        row = {"epoch": epoch + 1, "learning_rate": state.learning_rate}
+        if self.config.lr_schedule != "plateau":      # the schedule's rate at the epoch's end
+            state.learning_rate = optimization.current_learning_rate(self.model.optimizer)
+        row = {"epoch": epoch + 1, "learning_rate": state.learning_rate,
+               "train_seconds": round(state.train_seconds, 2)}     # cumulative, this run
         row.update({k: float(v) for k, v in sorted(logs.items())
-                    if k not in ("lr", "learning_rate")})
+                    if k not in ("lr", "learning_rate", "train_seconds")})
         state.history.append(row)
         return row
 
@@ -104,10 +113,11 @@ class Bookkeeper(keras.callbacks.Callback):
         return False
 
     def halve_rate_on_plateau(self) -> None:
-        state = self.state
-        if state.epochs_since_lr_change >= self.config.patience and \
-                state.learning_rate > MIN_LEARNING_RATE:
-            state.learning_rate = max(state.learning_rate * LR_FACTOR, MIN_LEARNING_RATE)
+        state, floor = self.state, self.config.min_learning_rate
+        if self.config.lr_schedule == "plateau" and \
+                state.epochs_since_lr_change >= self.config.patience and \
+                state.learning_rate > floor:
+            state.learning_rate = max(state.learning_rate * LR_FACTOR, floor)
             state.epochs_since_lr_change = 0
             self.model.optimizer.learning_rate = state.learning_rate
             print(f"Validation top-1 has not improved for {self.config.patience} epochs: "
@@ -141,7 +151,7 @@ class EpochLog:
 
     def write(self, row: dict) -> None:
         for name, value in row.items():
-            if name == "epoch":
+            if name in ("epoch", "train_seconds"):
                 continue
             split = "validation" if name.startswith("val_") else "train"
             with self.writers[split].as_default():
@@ -191,20 +201,28 @@ def set_precision_policy(options: RunOptions, device: devices.Device) -> None:
 
 
 def compile_model(model, config: TrainConfig, jit_compile: bool = False,
-                  steps_per_execution: int = 1) -> None:
-    """Adam, cross-entropy on logits, metrics top1/top5: the categorical forms for one-hot
-    (soft) labels, the sparse forms for class indices, as input_pipeline.label_classes says."""
-    if input_pipeline.label_classes(config) is None:
-        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="top1"),
-                   keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")]
-    else:
-        loss = keras.losses.CategoricalCrossentropy(from_logits=True)
-        metrics = [keras.metrics.CategoricalAccuracy(name="top1"),
-                   keras.metrics.TopKCategoricalAccuracy(k=5, name="top5")]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.learning_rate),
+                  steps_per_execution: int = 1, steps_per_epoch: int = 1
+                  ) -> Optional[optimization.WarmupCosine]:
+    """The config's optimizer (Adam or AdamW, its schedule, clipping) and cross-entropy on
+    logits (label-smoothed if asked) with metrics top1/top5: the categorical forms for
+    one-hot (soft) labels, the sparse forms for class indices, as
+    input_pipeline.label_classes says. Returns the cosine schedule (None for a plateau
+    run's constant rate), whose steps the caller may fix (WarmupCosine.set_steps)."""
+    cosine = config.lr_schedule == "cosine"
+    rate = optimization.learning_rate_schedule(
+        "cosine" if cosine else "constant", config.learning_rate,
+        total_steps=max(1, round(config.epochs * steps_per_epoch)),
+        warmup_steps=round(config.warmup_epochs * steps_per_epoch),
+        floor=config.min_learning_rate)
+    loss, metrics = optimization.loss_and_metrics(
+        one_hot=input_pipeline.label_classes(config) is not None,
+        label_smoothing=config.label_smoothing)
+    model.compile(optimizer=optimization.build_optimizer(config.optimizer, rate,
+                                                         config.weight_decay,
+                                                         config.clip_norm, model),
                   loss=loss, metrics=metrics, jit_compile=jit_compile,
                   steps_per_execution=steps_per_execution)
+    return rate if cosine else None
 
 
 def evaluate_test(model, config: TrainConfig, x_test, y_test, batch_size: int) -> dict:
@@ -232,8 +250,13 @@ def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
     model = build_model(config)
-    compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
-                  steps_per_execution=options.steps_per_execution)
+    steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
+    schedule = compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
+                             steps_per_execution=options.steps_per_execution,
+                             steps_per_epoch=steps)
+    one_hot = input_pipeline.label_classes(config)
+    augment = input_pipeline.make_augment(config.augmentation, one_hot)
+    val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size, one_hot)
 
     state = RunState(learning_rate=config.learning_rate)
     if saved_config is not None:
@@ -241,15 +264,23 @@ def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
     else:
         print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
               f"{len(data.x_test):,} test images; run directory {output_dir}")
+        if config.time_budget is not None:
+            state.plan = plan_time_budget(model, config, options, (x_train, y_train), augment,
+                                          val, len(x_val))
+            state.train_seconds += state.plan["calibration_seconds"]
+    if state.plan is not None:               # the budget sets epochs and warmup, resumed too
+        config = replace(config, epochs=state.plan["epochs"],
+                         warmup_epochs=state.plan["warmup_epochs"])
+    if state.schedule_steps is None:         # fixed at the start: resumed and extended runs
+        state.schedule_steps = [config.epochs * steps,       # keep their rates
+                                round(config.warmup_epochs * steps)]
+    if schedule is not None:
+        schedule.set_steps(*state.schedule_steps)
 
     bookkeeper = Bookkeeper(config, state, output_dir, epoch_log(options, output_dir))
     if state.epochs_done < config.epochs and not state.stopped_early:
-        one_hot = input_pipeline.label_classes(config)
-        train = input_pipeline.train_dataset(
-            x_train, y_train, config.batch_size,
-            input_pipeline.make_augment(config.augmentation, one_hot), config.seed,
-            state.epochs_done, config.epochs)
-        val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size, one_hot)
+        train = input_pipeline.train_dataset(x_train, y_train, config.batch_size, augment,
+                                             config.seed, state.epochs_done, config.epochs)
         try:
             with two_stage_interrupt(bookkeeper):
                 model.fit(train, initial_epoch=state.epochs_done, epochs=config.epochs,
@@ -268,12 +299,81 @@ def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
             raise stopped
 
     try:
-        return finish(config, options, data, model, state, device)
+        return finish(config, options, data, model, state, device, len(x_train))
     except KeyboardInterrupt:
         raise RunStopped(f"stopped by Ctrl-C during the final evaluation; all "
                          f"{state.epochs_done} epochs are saved in {output_dir}; run "
                          f"{resume_command(config, options)} to evaluate them",
                          exit_code=130) from None
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Notes the time at the end of every training step (or every steps_per_execution
+    steps), by the index of that step."""
+
+    def __init__(self):
+        super().__init__()
+        self.at = {}
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.at[batch] = time.perf_counter()
+
+
+def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data, augment,
+                     val, val_images: int) -> dict:
+    """--time-budget: times the compiled model's real training step on the real pipeline
+    (CALIBRATION_STEPS after CALIBRATION_WARMUP_STEPS untimed ones), its validation step and
+    the saves at an epoch's end, then picks the whole number of epochs (at least 1) that ends within BUDGET_SHARE of the
+    budget, the calibration included, with the warmup the same share of the schedule as in
+    the config. The model's weights and optimizer state are put back as they were: the
+    calibration steps train nothing. Returns the plan, as results.json records it."""
+    started = time.perf_counter()
+    optimizer = model.optimizer
+    run_dir.build_optimizer_slots(optimizer, model)      # slots exist; a fresh Adam state:
+    getattr(optimizer, "inner_optimizer", optimizer).iterations.assign(0)   # zero moments
+    weights = model.get_weights()
+    slots = [np.asarray(v) for v in run_dir.optimizer_variables(optimizer)]
+
+    per_call = options.steps_per_execution
+    warmup = per_call * math.ceil(CALIBRATION_WARMUP_STEPS / per_call)
+    timed = per_call * math.ceil(CALIBRATION_STEPS / per_call)
+    images, labels = train_data
+    steps = input_pipeline.steps_per_epoch(len(images), config.batch_size)
+    batches = input_pipeline.train_dataset(images, labels, config.batch_size, augment,
+                                           config.seed, 0, math.ceil((warmup + timed) / steps))
+    timer = StepTimer()
+    model.fit(batches, steps_per_epoch=warmup + timed, epochs=1, callbacks=[timer],
+              shuffle=False, verbose=0)
+    # full batches only are timed: an epoch's short last batch can fall among them
+    train_rate = config.batch_size * timed / (timer.at[warmup + timed - 1] - timer.at[warmup - 1])
+    model.evaluate(val.take(1), verbose=0)                              # traces the step
+    eval_started = time.perf_counter()
+    model.evaluate(val.take(3), verbose=0)
+    eval_rate = min(val_images, 3 * config.batch_size) / (time.perf_counter() - eval_started)
+
+    with tempfile.TemporaryDirectory() as scratch:  # what every epoch's end writes, timed
+        for _ in range(2):                           # the second time: imports are done
+            saving_started = time.perf_counter()
+            run_dir.save_checkpoint(os.path.join(scratch, run_dir.CHECKPOINT), model,
+                                    optimizer, RunState())
+            run_dir.atomic_save(os.path.join(scratch, run_dir.BEST_WEIGHTS), model.save_weights)
+            saving = time.perf_counter() - saving_started
+
+    model.set_weights(weights)
+    for variable, value in zip(run_dir.optimizer_variables(optimizer), slots):
+        variable.assign(value)
+    epoch_seconds = len(images) / train_rate + val_images / eval_rate + saving
+    spent = time.perf_counter() - started
+    epochs = max(1, int((config.time_budget * 60 * BUDGET_SHARE - spent) // epoch_seconds))
+    plan = {"budget_minutes": config.time_budget, "train_images_per_second": round(train_rate, 1),
+            "validation_images_per_second": round(eval_rate, 1), "epochs": epochs,
+            "warmup_epochs": round(config.warmup_epochs * epochs / config.epochs, 3),
+            "planned_seconds": round(spent + epochs * epoch_seconds, 1),
+            "calibration_seconds": round(spent, 1)}
+    print(f"Time budget {config.time_budget:g} min: {train_rate:,.0f} training images/s "
+          f"measured over {timed} steps, so {epochs} epoch(s) (warmup "
+          f"{plan['warmup_epochs']:g}), about {plan['planned_seconds']:.0f} s in all")
+    return plan
 
 
 def draw_figures(output_dir: str, data: cifar_data.CifarData, model) -> None:
@@ -298,9 +398,10 @@ def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) 
         raise UsageError(f"{checkpoint} does not fit this model or is damaged ({error}); "
                          "add --restart to start the run over") from None
     if config.learning_rate != saved.learning_rate:      # asked for anew, e.g. after a NaN
-        state.learning_rate = config.learning_rate
+        state.learning_rate = config.learning_rate       # (cosine: the schedule's new peak)
         state.epochs_since_lr_change = 0
-    model.optimizer.learning_rate = state.learning_rate
+    if config.lr_schedule == "plateau":                  # a schedule's rate follows its step
+        model.optimizer.learning_rate = state.learning_rate
     best_weights = os.path.join(options.output_dir, run_dir.BEST_WEIGHTS)
     if state.best_epoch == state.epochs_done and (
             not os.path.exists(best_weights)
@@ -341,7 +442,7 @@ def diverged(state: RunState, epoch: int, step: int) -> RunStopped:
 
 
 def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData, model,
-           state: RunState, device: devices.Device) -> dict:
+           state: RunState, device: devices.Device, train_images: int) -> dict:
     """Evaluates the best weights on the test set, writes results.json and the figures."""
     output_dir = options.output_dir
     best = os.path.join(output_dir, run_dir.BEST_WEIGHTS)
@@ -357,6 +458,8 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         "epochs_completed": state.epochs_done,
         "stopped_early": state.stopped_early,
         "train_seconds": round(state.train_seconds, 2),
+        "images_seen": state.epochs_done * train_images,
+        "time_budget_plan": state.plan,
         "device": device.kind,
         "device_name": device.name,
         **devices.versions(),

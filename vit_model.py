@@ -420,15 +420,13 @@ class VisionTransformer(keras.Model):
 
 def build_model(config) -> VisionTransformer:
     """The model a TrainConfig describes, built (weights created) for 32x32x3 images."""
-    # bridge: config fields come in the config redesign
-    options = {name: getattr(config, name, default) for name, default in
-               (("drop_path", 0.0), ("attention_dropout", 0.0), ("pooling", "class_token"))}
     model = VisionTransformer(
         num_classes=config.num_classes, image_size=IMAGE_SIZE, patch_size=config.patch_size,
         patch_stride=config.patch_stride, num_layers=config.num_layers,
         embedding_dim=config.embedding_dim, num_heads=config.num_heads,
         mlp_hidden_dim=config.mlp_hidden_dim, head_units=config.head_units,
-        dropout=config.dropout, **options, name="vit")
+        dropout=config.dropout, drop_path=config.drop_path,
+        attention_dropout=config.attention_dropout, pooling=config.pooling, name="vit")
     model(tf.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8))
     return model
 

@@ -276,3 +276,148 @@ def test_optional_speed_settings_train_to_the_same_loss(setting):
     for got, expected in zip(weights, reference_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=2e-5)
 
+
+
+# --- the Bookkeeper: plateau halving and its floor, early stopping ---------------------------
+
+@pytest.fixture
+def bookkeeper_of(tmp_path):
+    """A Bookkeeper on a compiled tiny model, fed epoch logs by hand."""
+    def make(**settings):
+        config = override(PRESETS["tiny"], **settings)
+        model = build_model(config)
+        training.compile_model(model, config)
+        keeper = training.Bookkeeper(config, RunState(learning_rate=config.learning_rate),
+                                     str(tmp_path))
+        keeper.set_model(model)
+        return keeper
+    return make
+
+
+def feed(keeper, scores):
+    for epoch, score in enumerate(scores):
+        keeper.on_epoch_begin(epoch)
+        keeper.on_epoch_end(epoch, {"loss": 1.0, "val_top1": score})
+    return [row["learning_rate"] for row in keeper.state.history]
+
+
+def test_the_rate_halves_after_patience_epochs_without_a_better_score_down_to_its_floor(
+        bookkeeper_of):
+    keeper = bookkeeper_of(learning_rate=1e-3, patience=2, min_learning_rate=3e-4)
+    rates = feed(keeper, [0.5, 0.4, 0.4, 0.45, 0.4, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5])
+    # each row holds the rate that epoch trained with: halved after epochs 3 and 5 (two
+    # epochs without beating 0.5), reset counting at the better epoch 6, then the floor
+    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 3e-4, 3e-4, 3e-4, 3e-4,
+                                   3e-4, 3e-4])
+    assert float(keras.backend.get_value(keeper.model.optimizer.learning_rate)) == \
+        pytest.approx(3e-4)
+    assert keeper.state.best_epoch == 6 and keeper.state.best_val_top1 == 0.6
+
+
+def test_early_stopping_stops_after_its_epochs_without_improvement(bookkeeper_of):
+    keeper = bookkeeper_of(early_stopping=3, patience=100)
+    feed(keeper, [0.5, 0.6, 0.5, 0.55])
+    assert not keeper.model.stop_training
+    feed_more = keeper.on_epoch_end
+    keeper.on_epoch_begin(4)
+    feed_more(4, {"loss": 1.0, "val_top1": 0.59})
+    assert keeper.model.stop_training and keeper.state.stopped_early
+    assert keeper.state.epochs_since_best == 3
+
+
+def test_a_cosine_run_records_its_scheduled_rates_and_never_halves(bookkeeper_of):
+    keeper = bookkeeper_of(lr_schedule="cosine", patience=1, learning_rate=1e-3)
+    rates = feed(keeper, [0.5, 0.4, 0.3])
+    assert rates == [pytest.approx(1e-3)] * 3      # no step taken: the schedule's start
+
+
+# --- whole runs: the recipe's settings end to end ---------------------------------------------
+
+def quiet_run(config, options, data):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return training.run(config, options, data, devices.detect())
+
+
+@pytest.mark.slow
+def test_a_resumed_cosine_run_follows_the_rates_of_an_uninterrupted_one(tmp_path, cifar10_tar,
+                                                                       monkeypatch):
+    config = override(PRESETS["tiny"], epochs=3, batch_size=32, lr_schedule="cosine",
+                      warmup_epochs=1, optimizer="adamw", weight_decay=0.05)
+    data = cifar_data.load("cifar10", cifar10_tar)
+    whole = RunOptions(output_dir=str(tmp_path / "whole"), tensorboard=False)
+    quiet_run(config, whole, data)
+    split = RunOptions(output_dir=str(tmp_path / "split"), tensorboard=False)
+    original = training.Bookkeeper.on_epoch_end
+
+    def stop_after_the_first_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        self.stop_requested = True                      # as a Ctrl-C would
+    monkeypatch.setattr(training.Bookkeeper, "on_epoch_end", stop_after_the_first_epoch)
+    with pytest.raises(RunStopped):
+        quiet_run(config, split, data)
+    monkeypatch.undo()
+    quiet_run(config, split, data)
+
+    def rates(options):
+        return [float(r["learning_rate"]) for r in history(options.output_dir)]
+    assert len(rates(split)) == 3
+    np.testing.assert_allclose(rates(split), rates(whole), rtol=1e-6)
+    assert rates(whole)[0] == pytest.approx(1e-3)       # the warmup is the first epoch
+    assert rates(whole)[0] > rates(whole)[1] > rates(whole)[2] == pytest.approx(1e-6)  # floor
+
+
+@pytest.mark.slow
+def test_a_new_learning_rate_given_on_resume_replaces_the_rate(tmp_path, cifar10_tar):
+    config = override(PRESETS["tiny"], epochs=1, batch_size=32)
+    options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
+    data = cifar_data.load("cifar10", cifar10_tar)
+    quiet_run(config, options, data)
+    quiet_run(override(config, epochs=2, learning_rate=2.5e-4), options, data)
+    assert [float(r["learning_rate"]) for r in history(options.output_dir)] == \
+        pytest.approx([1e-3, 2.5e-4])
+
+
+@pytest.mark.slow
+def test_a_time_budget_plans_the_epochs_and_a_resumed_run_keeps_the_plan(tmp_path, cifar10_tar):
+    config = override(PRESETS["tiny"], batch_size=32, epochs=50, lr_schedule="cosine",
+                      warmup_epochs=5, time_budget=0.25)
+    options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
+    data = cifar_data.load("cifar10", cifar10_tar)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = training.run(config, options, data, devices.detect())
+    plan = results["time_budget_plan"]
+    assert "Time budget 0.25 min" in printed.getvalue()
+    assert plan["budget_minutes"] == 0.25 and plan["epochs"] >= 1
+    assert plan["planned_seconds"] <= 0.25 * 60
+    assert plan["warmup_epochs"] == pytest.approx(5 * plan["epochs"] / 50, abs=1e-3)
+    assert results["epochs_completed"] == plan["epochs"]
+    again = quiet_run(config, options, data)          # finished: evaluates, keeps the plan
+    assert again["time_budget_plan"] == plan and again["epochs_completed"] == plan["epochs"]
+
+
+@pytest.mark.slow
+def test_a_cifar100_run_trains_end_to_end(tmp_path, cifar100_files):
+    archive = archives.write_tar(str(tmp_path / "c100.tar.gz"), cifar100_files[0])
+    out = tmp_path / "run"
+    result = run_app("train_cifar100.py", "--preset", "tiny", "--epochs", 1, "--data-dir",
+                     archive, "--output-dir", out, "--no-tensorboard")
+    assert result.returncode == 0, result.stderr[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["dataset"] == "cifar100" and results["epochs_completed"] == 1
+    assert len(json.loads((out / "labels.json").read_text())) == 100
+
+
+@pytest.mark.slow
+def test_a_tiny_run_learns_far_above_chance(tmp_path):
+    """The archives' images show their class as a bright square at a class-dependent place:
+    a model that learns anything gets most of them; chance is 10%."""
+    files, _ = archives.archive_files("cifar10", per_batch=120, seed=3)
+    archive = archives.write_tar(str(tmp_path / "c10.tar.gz"), files)
+    config = override(PRESETS["tiny"], epochs=20, batch_size=32, randaugment_n=0, flip=False,
+                      crop_padding=0, dropout=0.0, optimizer="adamw", weight_decay=0.05,
+                      lr_schedule="cosine", warmup_epochs=1, learning_rate=3e-3)
+    results = quiet_run(config, RunOptions(output_dir=str(tmp_path / "run"),
+                                           tensorboard=False),
+                        cifar_data.load("cifar10", archive))
+    assert results["test_top1"] >= 0.5, results["test_top1"]

@@ -18,18 +18,6 @@ RNG = np.random.default_rng(0)
 ALL_OPTIONS = {"drop_path": 0.1, "attention_dropout": 0.1, "head_units": (), "pooling": "mean"}
 
 
-class WithOptions:
-    """A TrainConfig plus model options it has no fields for yet, which build_model reads
-    with getattr (its bridge until the config redesign)."""
-
-    def __init__(self, config, **options):
-        self._config = config
-        self.__dict__.update(options)
-
-    def __getattr__(self, name):
-        return getattr(self._config, name)
-
-
 def small_model(**options):
     """A 1-block ViT on 2x2 patches of 16x16 (N = 4), width 16: small enough to count by hand."""
     arguments = {"patch_size": 16, "patch_stride": 16, "num_layers": 1, "embedding_dim": 16,
@@ -160,7 +148,7 @@ def test_weights_saved_with_keras_layer_normalization_still_load(tmp_path, monke
                                             "linear_head", "mean_pool", "all_options"])
 def test_every_trainable_weight_gets_a_finite_gradient(options):
     keras.utils.set_random_seed(0)              # the dropout and drop-path masks
-    model = build_model(WithOptions(TrainConfig(num_layers=2), **options))
+    model = build_model(dataclasses.replace(TrainConfig(num_layers=2), **options))
     x, y = images(8), RNG.integers(0, 10, 8)
     with tf.GradientTape() as tape:
         loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True),
@@ -194,7 +182,7 @@ def test_get_config_round_trips_every_constructor_argument(layer):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [PRESETS["tiny"], WithOptions(PRESETS["tiny"], **ALL_OPTIONS)],
+@pytest.mark.parametrize("config", [PRESETS["tiny"], dataclasses.replace(PRESETS["tiny"], **ALL_OPTIONS)],
                          ids=["default", "all_options"])
 def test_saved_model_loads_back_with_the_same_outputs(tmp_path, config):
     model = build_model(config)
