@@ -8,17 +8,24 @@ this Python has.
 
 What runs is what `train_cifar10.py` runs: synthetic uint8 CIFAR-shaped images (42,500 by
 default, like the sample's training split) go through `input_pipeline.train_dataset` with
-`training.make_augment(config)`, into the model from `build_model(config)` compiled by
-`training.compile_model` (loss, Adam, top-1/top-5 metrics, XLA choice, steps per execution),
+`input_pipeline.make_augment`, into the model from `build_model(config)` compiled by
+`training.compile_model` (loss, optimizer, top-1/top-5 metrics, XLA choice, steps per
+execution),
 trained by `model.fit`. Only the data are synthetic and there is no validation pass.
 `--model-only` feeds one fixed uint8 batch over and over instead of the pipeline, to compare
 with benchmarks that time fixed random batches (../shared/peers).
 
 After `--warmup` untimed steps (tracing, filling the shuffle buffer), `--windows` windows of
 `--steps` steps each are timed. Printed: the median images/s of the windows with their
-spread, the rate over all timed steps, peak memory, and FLOPs per image (flops.py) with the
-FLOP/s they give. Every flag of train_cifar10.py (preset, model size, --xla,
---steps-per-execution, ...) works here too.
+spread, the rate over all timed steps, peak memory, FLOPs per image (flops.py) with the
+FLOP/s they give, and that as a share of this machine's float32 matrix-multiply peak,
+measured in the same run (a 4096x4096 tf.matmul, --peak-size). Every flag of
+train_cifar10.py (preset, model size, --xla, --steps-per-execution, ...) works here too.
+
+    python benchmarks/train_throughput.py --all-presets          # one line per preset
+
+runs the benchmark once per preset (each in its own process, the preset's own batch size
+unless --batch-size is given) and prints a table.
 """
 from __future__ import annotations
 
@@ -54,12 +61,16 @@ def parse(argv):
                        help="synthetic training images in the pipeline (42,500)")
     group.add_argument("--model-only", action="store_true", default=False,
                        help="train on one fixed batch, without the input pipeline")
+    group.add_argument("--peak-size", type=int, default=4096,
+                       help="side of the square float32 matmul timed for the peak (4096)")
+    group.add_argument("--all-presets", action="store_true", default=False,
+                       help="benchmark every preset, each in its own process")
     args = parser.parse_args(argv)
-    if "batch_size" not in vars(args):
+    if "batch_size" not in vars(args) and not args.all_presets:
         args.batch_size = 128            # the issue's reference figures use batch 128
     config, options = flags.configs_from_args(args.dataset, args)
     step = options.steps_per_execution
-    for name in ("steps", "windows", "warmup", "images"):
+    for name in ("steps", "windows", "warmup", "images", "peak_size"):
         if getattr(args, name) <= 0:
             raise UsageError(f"--{name} must be positive")
     if args.steps % step or args.warmup % step:
@@ -67,8 +78,47 @@ def parse(argv):
     return config, options, args
 
 
+def matmul_peak(tf, size: int, repeats: int = 5) -> float:
+    """GFLOP/s of the best of `repeats` float32 (size x size) @ (size x size) products."""
+    a = tf.random.uniform((size, size))
+    b = tf.random.uniform((size, size))
+    product = tf.function(lambda x, y: tf.reduce_sum(tf.matmul(x, y)))
+    product(a, b).numpy()                                       # trace and warm up
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        product(a, b).numpy()
+        best = min(best, time.perf_counter() - started)
+    return 2 * size ** 3 / best / 1e9
+
+
+def all_presets(argv) -> int:
+    """--all-presets: this script once per preset, in a process each; a table of the lines."""
+    import re
+    import subprocess
+    from config import PRESETS
+    rest = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--all-presets"]
+    print(f"{'preset':16s} {'batch':>5s} {'images/s':>9s} {'MFLOP/image':>12s} "
+          f"{'GFLOP/s':>8s} {'of peak':>8s}")
+    for name in PRESETS:
+        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", name,
+                              *rest], capture_output=True, text=True)
+        if out.returncode != 0:
+            print(f"{name:16s} failed: {out.stderr.strip().splitlines()[-1:]}")
+            continue
+        rate = re.search(r"train throughput: ([\d.]+) images/s", out.stdout).group(1)
+        flop = re.search(r"FLOPs: ([\d.]+) MFLOP per image per training step; ([\d.]+) "
+                         r"GFLOP/s at the median rate, ([\d.]+)% of", out.stdout)
+        batch = re.search(r"preset, batch (\d+)", out.stdout).group(1)
+        print(f"{name:16s} {batch:>5s} {float(rate):9.1f} {flop.group(1):>12s} "
+              f"{flop.group(2):>8s} {flop.group(3) + '%':>8s}")
+    return 0
+
+
 @entry_point
 def main(argv=None) -> int:
+    if "--all-presets" in (argv if argv is not None else sys.argv[1:]):
+        return all_presets(argv)
     config, options, args, device = cli.start_tool(parse, argv)
     import devices
     import numpy as np
@@ -129,8 +179,12 @@ def main(argv=None) -> int:
           f"min {min(rates):.1f}, max {max(rates):.1f}, spread +-{spread:.1%}); "
           f"overall {overall:.1f} images/s")
     print(f"peak memory: {peak_memory(tf)}")
-    print(f"FLOPs: {flop / 1e6:.1f} MFLOP per image per training step (matmuls, 3x forward); "
-          f"{median * flop / 1e9:.1f} GFLOP/s at the median rate")
+    peak = matmul_peak(tf, args.peak_size)
+    print(f"FLOPs: {flop / 1e6:.1f} MFLOP per image per training step; "
+          f"{median * flop / 1e9:.1f} GFLOP/s at the median rate, "
+          f"{median * flop / 1e9 / peak:.1%} of this machine's float32 matmul peak "
+          f"({peak:.0f} GFLOP/s, {args.peak_size}x{args.peak_size} tf.matmul; FLOPs: "
+          "matmuls only, a step = 3x forward)")
     return 0
 
 

@@ -11,13 +11,16 @@ from conftest import run_app
 @pytest.mark.slow
 def test_train_throughput_benchmark_prints_its_figures():
     result = run_app("benchmarks/train_throughput.py", "--preset", "tiny", "--steps", 2,
-                     "--windows", 2, "--warmup", 1, "--images", 256, "--batch-size", 32)
+                     "--windows", 2, "--warmup", 1, "--images", 256, "--batch-size", 32,
+                     "--peak-size", 256)
     assert result.returncode == 0, result.stderr[-2000:]
     rate = re.search(r"train throughput: ([\d.]+) images/s \(median of 2 windows", result.stdout)
     assert rate and float(rate.group(1)) > 0, result.stdout
     assert "input pipeline with augmentation, 256 synthetic uint8 images" in result.stdout
     assert re.search(r"peak memory: \d+ MiB", result.stdout)
-    assert re.search(r"FLOPs: [\d.]+ MFLOP per image per training step", result.stdout)
+    assert re.search(r"FLOPs: [\d.]+ MFLOP per image per training step; [\d.]+ GFLOP/s at the "
+                     r"median rate, [\d.]+% of this machine's float32 matmul peak "
+                     r"\([\d.]+ GFLOP/s, 256x256", result.stdout), result.stdout
 
 
 @pytest.mark.slow
