@@ -33,8 +33,9 @@ here; figures in benchmarks/README.md)::
     python train_cifar10.py --preset fast         # 3 minutes of training
     python train_cifar10.py --preset fast --time-budget 15
 
-  --time-budget 3: the run times its first steps and fits whole epochs into 3 minutes, with
-  warmup 6% of them and cosine decay to the last. 8x8 patches (16 tokens: attention is cheap,
+  --time-budget 3: the run times its first steps and fits as many steps as end within 3
+  minutes (the last epoch cut short), warming up over 6% of them, then cosine decay to the
+  last. 8x8 patches (16 tokens: attention is cheap,
   and the matrix products are wide enough to run near this CPU's peak), 6 blocks of width
   192, 6 heads, MLP 384, mean pooling into a linear classifier, no dropout; AdamW 2e-3,
   weight decay 0.05, batch 128, label smoothing 0.1; horizontal flips only (at a few epochs
@@ -252,8 +253,9 @@ class TrainConfig:
         "stop after this many epochs without a better validation top-1 (0: never)",
         resumable=True))
     time_budget: Optional[float] = field(default=None, metadata=_flag(
-        "minutes of training: the run times its first steps on this machine and sets "
-        "--epochs (and the warmup, as the same share of the schedule) to end within them"))
+        "minutes of training: the run times its first steps on this machine and trains as "
+        "many steps as end within them (whole epochs, the last cut short), the warmup the "
+        "same share of the schedule as --warmup-epochs of --epochs"))
     seed: int = field(default=42, metadata=_flag(
         "seed for the split, initial weights, shuffling and augmentation"))
     augmentation: Augmentation = field(default_factory=Augmentation, metadata=_flag(

@@ -71,6 +71,10 @@ class Bookkeeper(keras.callbacks.Callback):
         if loss is not None and not math.isfinite(float(loss)) and self.nan_at is None:
             self.nan_at = (self.state.epochs_done + 1, batch + 1)
             self.model.stop_training = True
+        plan = self.state.plan                # --time-budget: the last epoch is cut short
+        if plan and self.state.epochs_done + 1 == plan["epochs"] and \
+                batch + 1 >= plan["last_epoch_steps"]:
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         if self.nan_at is not None:        # nothing of this epoch is kept
@@ -268,12 +272,12 @@ def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
             state.plan = plan_time_budget(model, config, options, (x_train, y_train), augment,
                                           val, len(x_val))
             state.train_seconds += state.plan["calibration_seconds"]
-    if state.plan is not None:               # the budget sets epochs and warmup, resumed too
-        config = replace(config, epochs=state.plan["epochs"],
-                         warmup_epochs=state.plan["warmup_epochs"])
+    if state.plan is not None:               # the budget sets the epochs, resumed too
+        config = replace(config, epochs=state.plan["epochs"])
     if state.schedule_steps is None:         # fixed at the start: resumed and extended runs
-        state.schedule_steps = [config.epochs * steps,       # keep their rates
-                                round(config.warmup_epochs * steps)]
+        state.schedule_steps = ([state.plan["steps"], state.plan["warmup_steps"]]  # keep
+                                if state.plan else                               # their
+                                [config.epochs * steps, round(config.warmup_epochs * steps)])
     if schedule is not None:
         schedule.set_steps(*state.schedule_steps)
 
@@ -362,17 +366,32 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
     model.set_weights(weights)
     for variable, value in zip(run_dir.optimizer_variables(optimizer), slots):
         variable.assign(value)
-    epoch_seconds = len(images) / train_rate + val_images / eval_rate + saving
+    step_seconds = config.batch_size / train_rate
+    epoch_end_seconds = val_images / eval_rate + saving     # validation and saves, per epoch
     spent = time.perf_counter() - started
-    epochs = max(1, int((config.time_budget * 60 * BUDGET_SHARE - spent) // epoch_seconds))
-    plan = {"budget_minutes": config.time_budget, "train_images_per_second": round(train_rate, 1),
-            "validation_images_per_second": round(eval_rate, 1), "epochs": epochs,
-            "warmup_epochs": round(config.warmup_epochs * epochs / config.epochs, 3),
-            "planned_seconds": round(spent + epochs * epoch_seconds, 1),
+    available = config.time_budget * 60 * BUDGET_SHARE - spent
+    # the most steps that fit, whole epochs and a last one cut short (at a multiple of
+    # steps_per_execution), at least one execution
+    total = per_call
+    for epochs in range(1, 100_000):
+        fit = int((available - epochs * epoch_end_seconds) // step_seconds)
+        fit = min(epochs * steps, fit - fit % per_call)
+        if fit <= (epochs - 1) * steps:
+            break
+        total = fit
+    epochs = math.ceil(total / steps)
+    warmup_steps = round(config.warmup_epochs / config.epochs * total)
+    plan = {"budget_minutes": config.time_budget,
+            "train_images_per_second": round(train_rate, 1),
+            "validation_images_per_second": round(eval_rate, 1),
+            "epochs": epochs, "steps": total, "last_epoch_steps": total - (epochs - 1) * steps,
+            "warmup_steps": warmup_steps,
+            "planned_seconds": round(spent + total * step_seconds + epochs * epoch_end_seconds,
+                                     1),
             "calibration_seconds": round(spent, 1)}
     print(f"Time budget {config.time_budget:g} min: {train_rate:,.0f} training images/s "
-          f"measured over {timed} steps, so {epochs} epoch(s) (warmup "
-          f"{plan['warmup_epochs']:g}), about {plan['planned_seconds']:.0f} s in all")
+          f"measured over {timed} steps, so {total:,} steps ({total / steps:.2f} epochs, the "
+          f"first {warmup_steps:,} warming up), about {plan['planned_seconds']:.0f} s in all")
     return plan
 
 
@@ -458,7 +477,9 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         "epochs_completed": state.epochs_done,
         "stopped_early": state.stopped_early,
         "train_seconds": round(state.train_seconds, 2),
-        "images_seen": state.epochs_done * train_images,
+        "images_seen": (min(state.plan["steps"] * config.batch_size,
+                            state.epochs_done * train_images) if state.plan
+                        else state.epochs_done * train_images),
         "time_budget_plan": state.plan,
         "device": device.kind,
         "device_name": device.name,

@@ -60,12 +60,13 @@ def test_validation_split_is_seeded_and_disjoint():
 
 
 class Exploit:
-    """A pickle payload that would create a marker file if it were ever run."""
-    def __init__(self, marker):
-        self.marker = marker
+    """A pickle payload that would create a marker file if it were ever run (through
+    os.system, or `call`, e.g. eval)."""
+    def __init__(self, marker, call=os.system):
+        self.marker, self.call = marker, call
 
     def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+        return (self.call, (f"touch {self.marker}",))
 
 
 def tampered(files, name, payload):
@@ -164,14 +165,6 @@ def test_an_archive_that_unpacks_too_large_is_refused(monkeypatch, cifar10_tar):
     monkeypatch.setattr(cifar_data, "MAX_UNPACKED_BYTES", 4096)
     with pytest.raises(DataError, match="unpacks to more than 0 MB: not a CIFAR archive"):
         cifar_data.load("cifar10", cifar10_tar)
-class Exploit:
-    def __init__(self, marker, call=os.system):
-        self.marker, self.call = marker, call
-
-    def __reduce__(self):
-        return (self.call, (f"touch {self.marker}",))
-
-
 def with_exploit_in_test_batch(files, marker):
     """The test batch (read last) would run code: a loader that stops at the first fault,
     or that executes nothing, never creates the marker."""
