@@ -53,7 +53,7 @@ def banner(config: TrainConfig, options: RunOptions, device: devices.Device) -> 
     precision = ("mixed float16" if devices.use_mixed_precision(options.mixed_precision, device)
                  else "float32")
     budget = (f" | time budget {config.time_budget:g} min (epochs set by timing the first "
-              "steps)" if config.time_budget is not None else "")
+              "steps)" if config.time_budget else "")
     return (f"ViT on {config.display_name} | TensorFlow {v['tensorflow_version']}, Keras "
             f"{v['keras_version']}, Python {v['python_version']} | training on "
             f"{device.describe()}, XLA {xla}, {precision}{budget}")

@@ -252,10 +252,11 @@ class TrainConfig:
     early_stopping: int = field(default=0, metadata=_flag(
         "stop after this many epochs without a better validation top-1 (0: never)",
         resumable=True))
-    time_budget: Optional[float] = field(default=None, metadata=_flag(
-        "minutes of training: the run times its first steps on this machine and trains as "
-        "many steps as end within them (whole epochs, the last cut short), the warmup the "
-        "same share of the schedule as --warmup-epochs of --epochs"))
+    time_budget: float = field(default=0.0, metadata=_flag(
+        "minutes of training (0: off, --epochs decides): the run times its first steps on "
+        "this machine and trains as many steps as end within them (whole epochs, the last "
+        "cut short), the warmup the same share of the schedule as --warmup-epochs of "
+        "--epochs; --epochs is then not used"))
     seed: int = field(default=42, metadata=_flag(
         "seed for the split, initial weights, shuffling and augmentation"))
     augmentation: Augmentation = field(default_factory=Augmentation, metadata=_flag(
@@ -304,12 +305,15 @@ class TrainConfig:
         if self.weight_decay and self.optimizer != "adamw":
             raise UsageError("--weight-decay needs --optimizer adamw (Adam's L2 penalty is "
                              "not decoupled weight decay)")
-        if self.lr_schedule == "cosine" and self.warmup_epochs >= self.epochs \
-                and self.time_budget is None:
+        if self.warmup_epochs and self.lr_schedule != "cosine":
+            raise UsageError("--warmup-epochs needs --lr-schedule cosine (the plateau schedule "
+                             "has no warmup)")
+        if self.warmup_epochs >= self.epochs > 0 and self.lr_schedule == "cosine":
             raise UsageError(f"--warmup-epochs {self.warmup_epochs:g} leaves no epochs of "
                              f"--epochs {self.epochs} for the cosine decay; lower it")
-        if self.time_budget is not None and not self.time_budget > 0:
-            raise UsageError(f"--time-budget must be positive minutes, got {self.time_budget}")
+        if self.time_budget < 0:
+            raise UsageError(f"--time-budget must be 0 (off) or positive minutes, got "
+                             f"{self.time_budget}")
         if not 0 < self.validation_fraction < 1:
             raise UsageError("--validation-fraction must be between 0 and 1, "
                              f"got {self.validation_fraction}")
@@ -430,6 +434,7 @@ def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, Ru
     what those versions did."""
     if not isinstance(values, dict):
         raise UsageError(f"{where} is not a JSON object")
+    run_names = {f.name for f in dataclasses.fields(RunOptions)}
     if "format" in values:
         if values["format"] != CONFIG_FORMAT:
             raise UsageError(f"{where} has format {values['format']!r}, which this version "
@@ -440,26 +445,25 @@ def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, Ru
         unknown = sorted(set(values) - {"format", "experiment", "run"})
         required = True
     else:                                                          # format 1: flat
-        run_names = {f.name for f in dataclasses.fields(RunOptions)}
         experiment = {k: v for k, v in values.items() if k not in run_names}
         run = {k: v for k, v in values.items() if k in run_names}
         unknown, required = [], False
     leaf = {f.name for f in leaf_fields()}
-    run_names = {f.name for f in dataclasses.fields(RunOptions)}
     unknown = sorted(set(unknown) | (set(experiment) - leaf) | (set(run) - run_names))
     missing = sorted((leaf - set(experiment)) | (run_names - set(run))) if required else []
     if unknown or missing:
         said = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + \
                ([f"missing keys {', '.join(missing)}"] if missing else [])
         raise UsageError(f"{where} has {' and '.join(said)}: it was not written by this "
-                         "version of the app; add --restart to start the run over")
+                         "version of the app")
 
     def tuples(d):                                         # JSON lists -> tuples
         return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    try:
-        return override(TrainConfig(), **tuples(experiment)), RunOptions(**tuples(run))
+    try:       # validate: a value of the wrong type fails a comparison with a TypeError
+        return (override(TrainConfig(), **tuples(experiment)).validate(),
+                RunOptions(**tuples(run)).validate())
     except TypeError as error:
-        raise UsageError(f"{where} is damaged ({error}); add --restart to start over") from None
+        raise UsageError(f"{where} is damaged ({error})") from None
 
 
 def _preset(**values) -> TrainConfig:

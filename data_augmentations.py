@@ -17,7 +17,7 @@ Speed comes from doing each kind of work once per batch, however many ops an ima
 the training augmentation (crop, flips, RandAugment in that one pass, then erasing, mixing);
 `mix_batch` (mixup, cutmix) mixes images and their one-hot labels. The pixel ops
 (autocontrast, equalize, posterize, solarize, sharpness: PIL's, on float images with a level
-per image) are not part of apply_ops yet.
+per image) run in apply_ops between colour and geometry, each on the whole batch.
 
 Preview, on real training images (each row: an original, then augmented versions):
 

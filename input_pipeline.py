@@ -17,7 +17,8 @@ from config import Augmentation, TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 # images (B, 32, 32, 3) uint8, labels (B,), seed [2] int -> (images, labels); the labels
-# come back as class indices, or as (B, classes) float when mixup/cutmix make them soft.
+# come back as class indices, or as (B, classes) float one-hot or soft when the config
+# trains on one-hot labels (label_classes: mixup/cutmix, label smoothing).
 BatchAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]
 
 

@@ -1,23 +1,23 @@
 """The training recipe's optimisation pieces: learning-rate schedule, optimizer, loss, metrics.
 
 Works on both stacks: Keras 3 (tf.keras on TF >= 2.16) and Keras 2.10 (TF 2.10 + DirectML).
-Imports TensorFlow only (of the project, nothing), so training.py can use it without cycles.
+Of the project it imports only config (the optimizer names).
 
-How it is meant to be called (training.compile_model, on a built model)::
+How training.compile_model calls it, on a built model::
 
-    steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
     rate = optimization.learning_rate_schedule(
-        config.lr_schedule, config.learning_rate, total_steps=config.epochs * steps,
-        warmup_steps=config.warmup_epochs * steps, floor=config.min_learning_rate)
+        "cosine" if config.lr_schedule == "cosine" else "constant", config.learning_rate,
+        total_steps=round(config.epochs * steps), warmup_steps=round(config.warmup_epochs * steps),
+        floor=config.min_learning_rate)
     optimizer = optimization.build_optimizer(config.optimizer, rate, config.weight_decay,
                                              config.clip_norm, model)
     loss, metrics = optimization.loss_and_metrics(
         one_hot=label_classes(config) is not None, label_smoothing=config.label_smoothing)
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, ...)
 
-- `lr_schedule="constant"` gives a float: the optimizer then holds the rate in a variable,
+- `"constant"` gives a float: the optimizer then holds the rate in a variable,
   and the Bookkeeper's plateau halving (`optimizer.learning_rate = x`) works as today.
-- `lr_schedule="cosine"` gives a `WarmupCosine`. Its rate is a pure function of
+- `"cosine"` gives a `WarmupCosine`. Its rate is a pure function of
   `optimizer.iterations`, which checkpoint.npz saves, so a resumed run follows the rates of
   an uninterrupted one as long as it is given the same total/warmup steps. The caller must
   then NOT assign `optimizer.learning_rate` (plateau halving, resume): Keras 3's optimizers
@@ -43,13 +43,14 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
+from config import OPTIMIZERS
+
 keras = tf.keras
 KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
 register = keras.utils.register_keras_serializable(package="vit")
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
-LR_SCHEDULES = ("constant", "cosine")
-OPTIMIZERS = ("adam", "adamw")
+LR_SCHEDULES = ("constant", "cosine")     # a plateau run's rate is a constant one here
 # Weights AdamW does not decay, as ends of their path ("vit/block_0/mlp_in/bias"): every
 # bias, LayerNorm scale and offset, vit_model's position embedding and class token. Decay
 # pulls weights toward 0; for these, 0 is no sensible prior (a LayerNorm gamma of 0 mutes

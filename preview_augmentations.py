@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional, Sequence
 
 import devices
-from config import DATASETS
+from config import DATASETS, override
 from errors import UsageError, entry_point
 from flags import Parser, parse_train_flags
 
@@ -80,6 +80,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     import cifar_data
     import input_pipeline
     data = cifar_data.load(config.dataset, options.data_dir)
+    if not config.augmentation.mixes:     # one-hot for label smoothing: nothing to show
+        config = override(config, label_smoothing=0.0)
     chosen = np.random.default_rng(config.seed).choice(
         len(data.x_train), min(args.rows, len(data.x_train)), replace=False)
     augment = input_pipeline.make_augment(config.augmentation,

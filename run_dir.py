@@ -227,16 +227,17 @@ def _number(cell: Optional[str]) -> float:
 
 # --- opening a run directory ------------------------------------------------------------------
 
-def read_config(path: str) -> Tuple[TrainConfig, RunOptions]:
-    """The (TrainConfig, RunOptions) in a run directory's config.json; UsageError if damaged."""
+def read_config(path: str, advice: str = "") -> Tuple[TrainConfig, RunOptions]:
+    """The (TrainConfig, RunOptions) in a run directory's config.json; a UsageError, ending
+    with `advice` (what the caller's user can do), if it is damaged or not this version's."""
     config_path = os.path.join(path, CONFIG)
     try:
         with open(config_path, encoding="utf-8") as handle:
-            values = json.load(handle)
-    except ValueError as error:
-        raise UsageError(f"{config_path} is damaged ({error}); add --restart to start the "
-                         "run over") from None
-    return from_json(values, config_path)
+            return from_json(json.load(handle), config_path)
+    except ValueError as error:                  # JSONDecodeError
+        raise UsageError(f"{config_path} is damaged ({error}){advice}") from None
+    except UsageError as error:
+        raise UsageError(f"{error}{advice}") from None
 
 
 def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool
@@ -259,7 +260,7 @@ def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool
     saved = None
     if os.path.exists(os.path.join(output_dir, CHECKPOINT)) and \
             os.path.exists(os.path.join(output_dir, CONFIG)):
-        saved, _ = read_config(output_dir)
+        saved, _ = read_config(output_dir, "; add --restart to start the run over")
         check_resumable(saved, config, output_dir)
     atomic_write_json(os.path.join(output_dir, CONFIG), to_json(config, options))
     return saved
@@ -312,7 +313,7 @@ def open_run(path: str) -> SavedRun:
             raise UsageError(f"{path} has no {name}: not a run directory, or a run stopped "
                              "before its first epoch ended")
     config, options = read_config(path)
-    return SavedRun(path, config.validate(), options, _label_names(path, config.dataset))
+    return SavedRun(path, config, options, _label_names(path, config.dataset))
 
 
 def _label_names(path: str, dataset: str) -> List[str]:

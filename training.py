@@ -28,7 +28,7 @@ import optimization
 import run_dir
 import visualize
 from config import RunOptions, TrainConfig, to_json
-from errors import RunStopped, UsageError
+from errors import RunStopped, UsageError, first_line
 from run_dir import RunState
 from vit_model import build_model
 
@@ -90,8 +90,9 @@ class Bookkeeper(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def record(self, epoch: int, logs: dict) -> dict:
-        """Appends the epoch's row (epoch, the rate it trained with, its metrics) to the
-        history and counts its time; returns the row."""
+        """Appends the epoch's row (epoch, the learning rate at the end of its training:
+        plateau runs train a whole epoch at it, cosine runs' next step uses it; the run's
+        seconds so far; its metrics) to the history and counts its time; returns the row."""
         state = self.state
         state.train_seconds += time.perf_counter() - self.epoch_started
         state.epochs_done = epoch + 1
@@ -146,8 +147,9 @@ class Bookkeeper(keras.callbacks.Callback):
 
 class EpochLog:
     """TensorBoard scalars of each epoch, from the Bookkeeper's history row: train/ gets
-    loss, top1, top5 and learning_rate (the rate the epoch trained with), validation/ the
-    val_ metrics under the same names, as Keras's TensorBoard callback lays them out."""
+    loss, top1, top5 and learning_rate (as history.csv: the rate at the end of the epoch's
+    training), validation/ the val_ metrics under the same names, as Keras's TensorBoard
+    callback lays them out."""
 
     def __init__(self, log_dir: str):
         self.writers = {split: tf.summary.create_file_writer(os.path.join(log_dir, split))
@@ -268,7 +270,7 @@ def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
     else:
         print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
               f"{len(data.x_test):,} test images; run directory {output_dir}")
-        if config.time_budget is not None:
+        if config.time_budget:
             state.plan = plan_time_budget(model, config, options, (x_train, y_train), augment,
                                           val, len(x_val))
             state.train_seconds += state.plan["calibration_seconds"]
@@ -295,7 +297,7 @@ def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         except KeyboardInterrupt:
             stopped = interrupted(config, options, state)
         else:
-            stopped = (diverged(state, *bookkeeper.nan_at) if bookkeeper.nan_at else
+            stopped = (diverged(config, state, *bookkeeper.nan_at) if bookkeeper.nan_at else
                        interrupted(config, options, state) if bookkeeper.stop_requested and
                        state.epochs_done < config.epochs else None)
         if stopped is not None:
@@ -348,7 +350,7 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
     timer = StepTimer()
     model.fit(batches, steps_per_epoch=warmup + timed, epochs=1, callbacks=[timer],
               shuffle=False, verbose=0)
-    # full batches only are timed: an epoch's short last batch can fall among them
+    # the timed steps' batches are full ones unless an epoch ends among them
     train_rate = config.batch_size * timed / (timer.at[warmup + timed - 1] - timer.at[warmup - 1])
     model.evaluate(val.take(1), verbose=0)                              # traces the step
     eval_started = time.perf_counter()
@@ -370,21 +372,22 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
     epoch_end_seconds = val_images / eval_rate + saving     # validation and saves, per epoch
     spent = time.perf_counter() - started
     available = config.time_budget * 60 * BUDGET_SHARE - spent
-    # the most steps that fit, whole epochs and a last one cut short (at a multiple of
-    # steps_per_execution), at least one execution
-    total = per_call
-    for epochs in range(1, 100_000):
-        fit = int((available - epochs * epoch_end_seconds) // step_seconds)
-        fit = min(epochs * steps, fit - fit % per_call)
-        if fit <= (epochs - 1) * steps:
+    # the most steps that fit: whole epochs, then a last one cut short after a whole number
+    # of executions (Keras counts them from each epoch's start); at least one execution
+    epochs, last = 1, min(per_call, steps)
+    for candidate in range(1, 100_000):
+        left = int((available - candidate * epoch_end_seconds) // step_seconds) \
+            - (candidate - 1) * steps
+        left = min(steps, left - left % per_call)
+        if left <= 0:
             break
-        total = fit
-    epochs = math.ceil(total / steps)
+        epochs, last = candidate, left
+    total = (epochs - 1) * steps + last
     warmup_steps = round(config.warmup_epochs / config.epochs * total)
     plan = {"budget_minutes": config.time_budget,
             "train_images_per_second": round(train_rate, 1),
             "validation_images_per_second": round(eval_rate, 1),
-            "epochs": epochs, "steps": total, "last_epoch_steps": total - (epochs - 1) * steps,
+            "epochs": epochs, "steps": total, "last_epoch_steps": last,
             "warmup_steps": warmup_steps,
             "planned_seconds": round(spent + total * step_seconds + epochs * epoch_end_seconds,
                                      1),
@@ -414,7 +417,8 @@ def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) 
     try:
         state = run_dir.load_checkpoint(checkpoint, model, model.optimizer)
     except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as error:
-        raise UsageError(f"{checkpoint} does not fit this model or is damaged ({error}); "
+        raise UsageError(f"{checkpoint} does not fit this model or is damaged "
+                         f"({first_line(error)}); "
                          "add --restart to start the run over") from None
     if config.learning_rate != saved.learning_rate:      # asked for anew, e.g. after a NaN
         state.learning_rate = config.learning_rate       # (cosine: the schedule's new peak)
@@ -430,9 +434,9 @@ def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) 
         run_dir.atomic_save(best_weights, model.save_weights)
     best = (f", best validation top-1 {state.best_val_top1:.2%} at epoch {state.best_epoch}"
             if state.best_epoch else "")
-    done = (f"Resuming {options.output_dir}: {state.epochs_done} of {config.epochs} epochs "
-            f"done{best}")
-    if state.epochs_done >= config.epochs or state.stopped_early:
+    epochs = state.plan["epochs"] if state.plan else config.epochs     # --time-budget's plan
+    done = f"Resuming {options.output_dir}: {state.epochs_done} of {epochs} epochs done{best}"
+    if state.epochs_done >= epochs or state.stopped_early:
         print(f"{done}; training is complete, evaluating the best weights")
     else:
         print(f"{done}; continuing at epoch {state.epochs_done + 1} with learning rate "
@@ -451,13 +455,15 @@ def interrupted(config: TrainConfig, options: RunOptions, state: RunState) -> Ru
                       exit_code=130)
 
 
-def diverged(state: RunState, epoch: int, step: int) -> RunStopped:
+def diverged(config: TrainConfig, state: RunState, epoch: int, step: int) -> RunStopped:
     kept = (f"the best checkpoint (epoch {state.best_epoch}) is unchanged"
             if state.best_epoch else "no checkpoint had been saved yet")
+    # what --learning-rate sets: the plateau run's current rate, or the cosine run's peak
+    rate = state.learning_rate if config.lr_schedule == "plateau" else config.learning_rate
+    lower = max(rate / 4, config.min_learning_rate)
     return RunStopped(f"the loss became NaN or infinite at epoch {epoch}, step {step}, so "
-                      f"training stopped; {kept}. Try a lower --learning-rate (now "
-                      f"{state.learning_rate:g}, e.g. {state.learning_rate / 4:g}): rerunning "
-                      "with it resumes from the last saved epoch")
+                      f"training stopped; {kept}. Try a lower --learning-rate (now {rate:g}, "
+                      f"e.g. {lower:g}): rerunning with it resumes from the last saved epoch")
 
 
 def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData, model,

@@ -5,7 +5,7 @@
 Measures, on synthetic uint8 images of CIFAR's shape (the numbers do not depend on pixel
 values), in interleaved timed windows so that every figure sees the same machine load:
 
-  batched    the app's pipeline (input_pipeline.train_dataset with training.make_augment):
+  batched    the app's pipeline (input_pipeline.train_dataset with input_pipeline.make_augment):
              cached uint8 -> shuffle -> batch -> augment per batch -> prefetch
   per-image  the same augmentations the way the original sample applied them: per image,
              before batching, each op behind a tf.cond coin flip (tf.image's random ops where

@@ -17,7 +17,6 @@ black ground are far easier than photos, so its accuracies are no CIFAR figures.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -33,7 +32,8 @@ sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspa
 import archives  # noqa: E402  (the official-layout archive writer the tests use)
 from learning_check import NAMES, as_cifar, read_idx  # noqa: E402
 from config import PRESETS  # noqa: E402
-from errors import UsageError, entry_point  # noqa: E402
+from errors import RunStopped, UsageError, entry_point  # noqa: E402
+from flags import Parser  # noqa: E402
 
 
 def fashion_archive(folder: str, fashion_dir: str) -> str:
@@ -59,10 +59,11 @@ def summary(values, unit="", scale=1.0, digits=1) -> str:
 
 def one_run(archive: str, output_dir: str, preset: str, seed: int, extra) -> dict:
     command = [sys.executable, os.path.join(ROOT, "train_cifar10.py"), "--data-dir", archive,
-               "--output-dir", output_dir, "--preset", preset, "--seed", str(seed), *extra]
+               "--output-dir", output_dir, "--restart", "--preset", preset, "--seed",
+               str(seed), *extra]
     print("running:", " ".join(command[1:]), flush=True)
     if subprocess.call(command, cwd=ROOT, stdout=subprocess.DEVNULL) != 0:
-        raise UsageError(f"train_cifar10.py failed for seed {seed}; rerun its command above "
+        raise RunStopped(f"train_cifar10.py failed for seed {seed}; rerun its command above "
                          "to see why")
     with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
@@ -74,7 +75,7 @@ def one_run(archive: str, output_dir: str, preset: str, seed: int, extra) -> dic
 
 @entry_point
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = Parser(prog="time_to_accuracy.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     parser.add_argument("--seeds", type=int, default=2, help="runs, seeds 0..N-1 (2)")
     parser.add_argument("--data-dir", help="a CIFAR-10-layout archive to train on instead")

@@ -42,7 +42,7 @@ sys.path.insert(0, ROOT)
 import cli  # noqa: E402
 import flags  # noqa: E402
 import flops  # noqa: E402
-from config import DATASETS, IMAGE_SIZE  # noqa: E402
+from config import DATASETS, IMAGE_SIZE, flag_name  # noqa: E402
 from errors import UsageError, entry_point  # noqa: E402
 
 
@@ -72,7 +72,7 @@ def parse(argv):
     step = options.steps_per_execution
     for name in ("steps", "windows", "warmup", "images", "peak_size"):
         if getattr(args, name) <= 0:
-            raise UsageError(f"--{name} must be positive")
+            raise UsageError(f"{flag_name(name)} must be positive")
     if args.steps % step or args.warmup % step:
         raise UsageError(f"--steps and --warmup must be multiples of --steps-per-execution {step}")
     return config, options, args
@@ -154,7 +154,7 @@ def main(argv=None) -> int:
     xla = devices.use_xla(options.xla, device)
     training.compile_model(model, config, jit_compile=xla,
                            steps_per_execution=options.steps_per_execution)
-    timer = step_timer(keras)
+    timer = training.StepTimer()
     model.fit(data, steps_per_epoch=total, epochs=1, callbacks=[timer], shuffle=False,
               verbose=0)
 
@@ -186,20 +186,6 @@ def main(argv=None) -> int:
           f"({peak:.0f} GFLOP/s, {args.peak_size}x{args.peak_size} tf.matmul; FLOPs: "
           "matmuls only, a step = 3x forward)")
     return 0
-
-
-def step_timer(keras):
-    """A callback that notes the time at the end of every step (or of every execution of
-    steps_per_execution steps), by the index of that step."""
-    class StepTimer(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.at = {}
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.at[batch] = time.perf_counter()
-
-    return StepTimer()
 
 
 def peak_memory(tf) -> str:

@@ -88,3 +88,12 @@ def run_copy(tiny_run, tmp_path):
                     ignore=shutil.ignore_patterns("*.png", run_dir.TENSORBOARD))
     return copy
 
+
+
+@pytest.fixture
+def cpu_only_host():
+    """Skips the test on a host where TensorFlow sees a GPU: it checks what happens when a
+    GPU is asked for in vain."""
+    import tensorflow as tf
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this host has a GPU; the test is about asking for one in vain")

@@ -12,11 +12,11 @@ def test_prepare_environment_refuses_to_run_after_tensorflow():
         devices.prepare_environment(0)
 
 
-def test_a_gpu_asked_for_in_vain_is_said_plainly(monkeypatch):
+def test_a_gpu_asked_for_in_vain_is_said_plainly(monkeypatch, cpu_only_host):
     import devices
     monkeypatch.setenv("DML_VISIBLE_DEVICES", "0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    device = devices.detect()                     # no GPU on the test machines
+    device = devices.detect()
     assert device.kind == "CPU"
     assert "DML_VISIBLE_DEVICES=0 asks for a DirectML GPU" in device.warning
     assert "training on the CPU" in device.warning
@@ -37,7 +37,7 @@ def test_xla_and_mixed_precision_only_where_supported():
             check("on", dml)
 
 
-def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch):
+def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch, cpu_only_host):
     """--gpu sets both variables: the warning must not blame DirectML on a CUDA/CPU stack."""
     import devices
     monkeypatch.setenv("DML_VISIBLE_DEVICES", "1")

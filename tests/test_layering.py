@@ -4,6 +4,8 @@ import ast
 import glob
 import os
 
+import pytest
+
 from conftest import ROOT
 
 ENTRY_POINTS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "visualize",
@@ -74,6 +76,15 @@ def test_the_import_graph_has_no_cycle():
         visit(name, [])
 
 
+def test_no_command_imports_another_command():
+    modules = app_modules()
+    commands = ENTRY_POINTS - set(RANKS)
+    paths = list(modules.values()) + glob.glob(os.path.join(ROOT, "benchmarks", "*.py"))
+    for path in paths:
+        imported = imports_of(path, modules) & commands
+        assert not imported, f"{path} imports {imported}"
+
+
 def test_nothing_but_entry_points_and_benchmarks_imports_cli_or_training():
     modules = app_modules()
     for name, path in modules.items():
@@ -90,3 +101,16 @@ def test_the_checker_sees_imports_inside_functions(tmp_path):
     module.write_text("def f():\n    import training\n    from cli import main\n")
     assert imports_of(str(module), {"training": "", "cli": "", "config": ""}) == \
         {"training", "cli"}
+
+
+@pytest.mark.slow
+def test_flags_are_checked_before_tensorflow_is_imported():
+    """The modules a command needs to parse and check its flags and open a run directory
+    import no TensorFlow: a bad flag fails fast, and the GPU is chosen before the import."""
+    import subprocess
+    import sys
+    probe = ("import sys; import cli, config, devices, errors, flags, run_dir, cifar_data, "
+             "label_names; print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            cwd=ROOT, timeout=60)
+    assert result.stdout.strip() == "False", result.stderr
