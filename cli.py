@@ -20,7 +20,7 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
     options, args), then the GPU chosen before TensorFlow starts, then the device, checked
     against --xla / --mixed-precision. Returns (config, options, args, device)."""
     config, options, args = parse(argv)
-    devices.prepare_environment(options.gpu)
+    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
     device = devices.detect()
     devices.use_xla(options.xla, device)                 # raise where impossible
     devices.use_mixed_precision(options.mixed_precision, device)
@@ -32,7 +32,7 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     """Runs the training app; returns the exit code (2 for bad input, with a one-line
     message)."""
     config, options, args = parse_train_flags(dataset, argv)
-    devices.prepare_environment(options.gpu)
+    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
     if getattr(args, "list_devices", False):
         print(devices.list_devices())
         return 0

@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import run_dir
 from errors import UsageError, entry_point
-from flags import Parser
+from flags import Parser, add_verbose_flag, verbose_requested
 
 METRICS = ("test_top1", "test_top5", "test_loss")
 
@@ -52,6 +52,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                            "read its data)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default: the run's batch size)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     batch_size = run.config.batch_size if args.batch_size is None else args.batch_size
@@ -70,5 +71,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     import devices
-    devices.prepare_environment(None)
+    devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
     sys.exit(main())

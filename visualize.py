@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import run_dir  # noqa: E402
 from config import IMAGE_SIZE, patch_grid_side  # noqa: E402
 from errors import UsageError, entry_point  # noqa: E402
-from flags import Parser  # noqa: E402
+from flags import Parser, add_verbose_flag, verbose_requested  # noqa: E402
 from run_dir import ATTENTION, CONFUSION, CURVES, HISTORY, PATCHES, PREDICTIONS  # noqa: E402
 
 DPI = 100
@@ -336,6 +336,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                            "read its data)")
     parser.add_argument("--patches", type=int, default=0, metavar="IMAGE_INDEX",
                         help=f"test image drawn as patches into {PATCHES} (default: 0)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     import cifar_data
@@ -355,5 +356,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     import devices
-    devices.prepare_environment(None)
+    devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
     sys.exit(main())
