@@ -2,7 +2,7 @@
 
     python evaluate.py RUN_DIR [--data-dir DIR] [--batch-size N]
 
-prints test top-1 / top-5 / loss of best.weights.h5 and compares them with the run's
+prints test top-1 / top-5 / loss of best.weights.npz and compares them with the run's
 results.json (the same evaluation the run did at its end, so they should agree; a different
 --data-dir can change them).
 """
@@ -48,7 +48,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                     description="Evaluate a run's best weights on the test set again.")
     parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
                                         "train_cifar100.py")
-    parser.add_argument("--data-dir", help="where the test set is (default: where the run "
+    parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
+                                           "CIFAR archive or its extracted folder, or the "
+                                           "archive file itself (default: where the run "
                                            "read its data)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default: the run's batch size)")
@@ -59,7 +61,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if batch_size < 1:
         raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
     import cifar_data
-    data = cifar_data.load(run.config.dataset, args.data_dir or run.options.data_dir)
+    data = cifar_data.load(run.config.dataset, run.data_dir(args.data_dir))
     x_test, y_test = data.x_test, data.y_test
     measured = evaluate_run(run, x_test, y_test, batch_size)
     print(f"{run.config.display_name} test set, {len(x_test):,} images: top-1 "

@@ -64,13 +64,15 @@ def build_train_parser(dataset: str) -> Parser:
         description=f"Train a Vision Transformer from scratch on {name}, on a DirectML or "
                     "CUDA GPU or the CPU. Each flag overrides the chosen preset.",
         argument_default=argparse.SUPPRESS)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sample",
+    parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="named starting configuration (default: sample, the seed "
-                             "sample's model and schedule)")
+                             "sample's model and schedule); with an --output-dir that holds "
+                             "a run, only checked against it: the run keeps its settings")
     parser.add_argument("--list-devices", action="store_true",
                         help="print the devices TensorFlow sees and exit")
     parser.add_argument("--restart", action="store_true",
-                        help="start the run in --output-dir over instead of resuming it")
+                        help="start the run in --output-dir over, with the preset and the "
+                             "flags given, instead of resuming it")
     add_verbose_flag(parser)
     add_setting_flags(parser)
     return parser
