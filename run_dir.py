@@ -234,8 +234,9 @@ def load_weights(model, path: str) -> None:
                 f"({_STACKS.get(writer, 'another stack')}), in that Keras's own format, which "
                 f"Keras {here} cannot read; resume the run once on that stack to convert it "
                 f"to {BEST_WEIGHTS}, which both stacks read") from None
-        raise WeightsError(f"{path} is damaged or does not fit the model "
-                           f"({first_line(error)})") from None
+        if writer is None:
+            raise WeightsError(f"{path} is damaged (not an HDF5 file)") from None
+        raise WeightsError(f"{path} does not fit the model ({first_line(error)})") from None
 
 
 _STACKS = {"2": "the DirectML stack", "3": "the current stack"}

@@ -229,6 +229,13 @@ def test_best_weights_of_an_earlier_version_open_and_convert(tmp_path, tiny_mode
     run_dir.load_best_weights(run_dir.open_run(str(folder)), other)
     for a, b in zip(other.get_weights(), tiny_model.get_weights()):
         np.testing.assert_array_equal(a, b)
+    legacy = str(tmp_path / "old.weights.h5")
+    tiny_model.save_weights(legacy)
+    with pytest.raises(WeightsError, match=r"old.weights.h5 does not fit the model \("):
+        run_dir.load_weights(model_of(num_layers=3), legacy)
+    open(legacy, "wb").write(b"\x89HDF cut short")
+    with pytest.raises(WeightsError, match=r"old.weights.h5 is damaged \(not an HDF5 file\)"):
+        run_dir.load_weights(tiny_model, legacy)
 
 
 # --- resuming from the folder's settings (no TensorFlow) -------------------------------------
