@@ -127,8 +127,51 @@ def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
                                   or os.path.isdir(os.path.join(data_dir, other.folder))):
             raise DataError(f"{data_dir} holds {other.display_name}, not {spec.display_name}; "
                             f"put {spec.archive} there, or train on {other.display_name}")
+    found = archives_in(data_dir)
+    mine = [path for path, folder in found.items() if folder in (spec.folder, None)]
+    if len(mine) == 1:
+        return _read_archive(spec, mine[0])        # warns that it is not checksummed
+    if len(mine) > 1:
+        raise DataError(f"{data_dir} holds no {spec.archive} but several archives that may be "
+                        f"{spec.display_name}: {', '.join(sorted(map(os.path.basename, mine)))}; "
+                        f"pass the one to use as --data-dir {os.path.join(data_dir, 'NAME')}")
+    others = [o.display_name for o in SPECS.values() if o.folder in found.values()]
+    if others:
+        raise DataError(f"{data_dir} holds {others[0]}, not {spec.display_name}; put "
+                        f"{spec.archive} there, or train on {others[0]}")
     raise DataError(f"no {spec.archive} or {spec.folder}/ in {data_dir}; download "
-                    f"{spec.archive} from {DOWNLOAD_PAGE} into that folder")
+                    f"{spec.archive} from {DOWNLOAD_PAGE} into that folder, or pass the "
+                    "archive file itself as --data-dir")
+
+
+def archives_in(folder: str) -> Dict[str, Optional[str]]:
+    """{path: CIFAR folder it unpacks to} of the gzip files directly in `folder` that are
+    CIFAR archives under any name, judged by their first member (one tar block is
+    decompressed). None: a gzip file too damaged to tell, kept so that reading it says
+    what is wrong. Gzip files of other kinds (not a tar, another first folder) are left out."""
+    folders = {spec.folder for spec in SPECS.values()}
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as handle:
+                if handle.read(2) != b"\x1f\x8b":
+                    continue
+            with gzip.open(path, "rb") as handle:
+                header = handle.read(tarfile.BLOCKSIZE)
+        except (OSError, EOFError, zlib.error):
+            found[path] = None                    # gzip magic, but unreadable
+            continue
+        try:
+            first = tarfile.TarInfo.frombuf(header, tarfile.ENCODING, "surrogateescape").name
+        except tarfile.HeaderError:
+            continue                              # a gzip file, not a tar archive
+        top = first.replace("\\", "/").lstrip("./").split("/")[0]
+        if top in folders:
+            found[path] = top
+    return found
 
 
 def _read_folder(spec: ArchiveSpec, folder: str) -> CifarData:

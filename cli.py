@@ -6,12 +6,14 @@ devices.detect and by training, which is imported only then, for that reason).
 """
 from __future__ import annotations
 
+import argparse
 from typing import Callable, List, Optional, Tuple
 
 import devices
+import run_dir
 from config import RunOptions, TrainConfig
 from errors import entry_point
-from flags import parse_train_flags
+from flags import build_train_parser, configs_from_args, given_settings
 
 
 def start_tool(parse: Callable, argv: Optional[List[str]]
@@ -20,7 +22,7 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
     options, args), then the GPU chosen before TensorFlow starts, then the device, checked
     against --xla / --mixed-precision. Returns (config, options, args, device)."""
     config, options, args = parse(argv)
-    devices.prepare_environment(options.gpu)
+    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
     device = devices.detect()
     devices.use_xla(options.xla, device)                 # raise where impossible
     devices.use_mixed_precision(options.mixed_precision, device)
@@ -31,8 +33,9 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
 def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     """Runs the training app; returns the exit code (2 for bad input, with a one-line
     message)."""
-    config, options, args = parse_train_flags(dataset, argv)
-    devices.prepare_environment(options.gpu)
+    args = build_train_parser(dataset).parse_args(argv)
+    config, options = train_settings(dataset, args)
+    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
     if getattr(args, "list_devices", False):
         print(devices.list_devices())
         return 0
@@ -45,6 +48,18 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     data = cifar_data.load(config.dataset, options.data_dir)
     training.run(config, options, data, device, restart=getattr(args, "restart", False))
     return 0
+
+
+def train_settings(dataset: str, args: argparse.Namespace) -> Tuple[TrainConfig, RunOptions]:
+    """The settings to train with: those of the run in --output-dir (its config.json) with
+    the flags given on top, when it holds one and --restart is not given
+    (run_dir.resume_settings says what may change); else the preset with the flags."""
+    if not getattr(args, "restart", False) and not getattr(args, "list_devices", False):
+        resumed = run_dir.resume_settings(dataset, getattr(args, "output_dir", None),
+                                          given_settings(args), getattr(args, "preset", None))
+        if resumed is not None:
+            return resumed
+    return configs_from_args(dataset, args)
 
 
 def banner(config: TrainConfig, options: RunOptions, device: devices.Device) -> str:

@@ -345,8 +345,9 @@ class RunOptions:
     float rounding, so all of it may differ when a run is resumed."""
 
     data_dir: Optional[str] = field(default=None, metadata=_flag(
-        "folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz or their extracted "
-        "folders (for machines without internet); default: download through keras.datasets"))
+        "folder holding cifar-10-python.tar.gz / cifar-100-python.tar.gz (or one CIFAR "
+        "archive under another name) or their extracted folders, or the archive file "
+        "itself, for machines without internet; default: download through keras.datasets"))
     output_dir: Optional[str] = field(default=None, metadata=_flag(
         "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME); "
         "rerunning with an existing one resumes it"))

@@ -5,7 +5,10 @@ imported, so `prepare_environment` must run first; it refuses to run after the i
 """
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
@@ -17,8 +20,17 @@ from errors import UsageError
 GPU_VARIABLES = ("DML_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 
-def prepare_environment(gpu: Optional[int]) -> None:
-    """Select the GPU and quieten TensorFlow's C++ start-up logs; call before importing TF."""
+def prepare_environment(gpu: Optional[int], verbose: bool = False) -> None:
+    """Select the GPU and quieten TensorFlow's C++ start-up logs; call before importing TF.
+
+    Quiet (the default, unless the user set TF_CPP_MIN_LOG_LEVEL): TF_CPP_MIN_LOG_LEVEL=3
+    hides TensorFlow's C++ info, warning and error lines (on a CPU, TF 2.21 logs as errors
+    "E0000 ... cuInit ... (303)" at start-up and "oneDNN supports DT_INT32 only on ..." at
+    the first step; real failures still raise Python exceptions), and TensorFlow's start-up
+    (its import and its first look for devices) runs with the process's stderr on the null
+    device: TF 2.16+ prints "I0000 ... oneDNN custom operations are on" and the CUDA probe
+    there before any log level applies. `verbose` changes nothing, so all of them show.
+    TF_ENABLE_ONEDNN_OPTS is left alone: it changes the numerics."""
     if "tensorflow" in sys.modules:
         raise RuntimeError("prepare_environment() must run before TensorFlow is imported")
     if gpu is not None:
@@ -26,8 +38,56 @@ def prepare_environment(gpu: Optional[int]) -> None:
             os.environ[name] = str(gpu)
     # Keras 3 could otherwise pick another backend from the user's environment.
     os.environ["KERAS_BACKEND"] = "tensorflow"
-    # Hide the INFO/WARNING flood (oneDNN notes, plugin probing); errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        if not any(isinstance(finder, _QuietStart) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _QuietStart())
+
+
+@contextlib.contextmanager
+def _stderr_discarded():
+    """File descriptor 2 on the null device (C++ writes there, not to sys.stderr)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
+
+
+class _QuietStart(importlib.abc.MetaPathFinder):
+    """Finds `tensorflow` as the other finders do, and has it imported, and its devices
+    listed once (which probes CUDA), with stderr discarded. Used once, then removed.
+    A failing import still raises: its traceback is printed after stderr is back."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        spec.loader = _QuietLoader(spec.loader)
+        return spec
+
+
+class _QuietLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        module.__loader__ = module.__spec__.loader = self.loader   # as if imported plainly
+        with _stderr_discarded():
+            self.loader.exec_module(module)
+            module.config.list_physical_devices()
 
 
 def directml_plugin_installed() -> bool:
@@ -42,11 +102,12 @@ def directml_plugin_installed() -> bool:
 class Device:
     kind: str          # "DirectML", "CUDA" or "CPU"
     name: str          # e.g. "AMD Radeon RX 6600" or "x86_64 CPU, 2 threads"
-    warning: Optional[str] = None   # said before training when a GPU was asked for in vain
+    warning: Optional[str] = None   # said before training: a GPU asked for or expected in vain
     compute_capability: Optional[tuple] = None  # CUDA only
+    note: Optional[str] = None      # why it is the CPU, in the banner: "DirectML found no adapter"
 
     def describe(self) -> str:
-        return f"{self.kind} ({self.name})"
+        return f"{self.kind} ({self.name}{'; ' + self.note if self.note else ''})"
 
 
 def detect() -> Device:
@@ -60,22 +121,50 @@ def detect() -> Device:
             return Device("DirectML", name)
         return Device("CUDA", name, compute_capability=details.get("compute_capability"))
     cpu = f"{platform.machine() or 'unknown'} CPU, {os.cpu_count()} threads"
+    if directml_plugin_installed():
+        return Device("CPU", cpu, warning=directml_missing_warning(),
+                      note="DirectML found no adapter")
     return Device("CPU", cpu, warning=_missing_gpu_warning())
 
 
+WSL_D3D12 = "/usr/lib/wsl/lib/libd3d12.so"     # WSL 2's bridge to the Windows GPU driver
+
+
+def directml_missing_warning() -> str:
+    """What to check when the DirectML plugin is installed but found no adapter, said
+    whether a GPU was asked for or not: the driver, WSL's libd3d12.so, DML_VISIBLE_DEVICES."""
+    asked = os.environ.get("DML_VISIBLE_DEVICES")
+    checks = []
+    if sys.platform == "win32":
+        checks.append("that the GPU supports DirectX 12 and its driver is up to date")
+    elif os.path.exists(WSL_D3D12):
+        checks.append("that the Windows GPU driver is up to date (WSL uses it through "
+                      f"{WSL_D3D12}; do not install a Linux GPU driver inside WSL)")
+    else:
+        checks.append(f"that this is WSL 2 with a Windows GPU driver: {WSL_D3D12} is missing "
+                      "(DirectML runs on Windows 10/11 and WSL 2 only)")
+    if asked not in (None, ""):
+        checks.append(f"that DML_VISIBLE_DEVICES={asked} names an adapter (--list-devices; "
+                      "unset it to use the first)")
+    else:
+        checks.append("DML_VISIBLE_DEVICES (not set: any adapter would do)")
+    prefix = (f"DML_VISIBLE_DEVICES={asked} asks for a DirectML GPU, but " if asked not in
+              (None, "", "-1") else "")
+    return (f"{prefix}DirectML found no compatible adapter; training on the CPU. Check "
+            f"{', and '.join(checks)}")
+
+
 def _missing_gpu_warning() -> Optional[str]:
+    """On a stack without the DirectML plugin: a GPU asked for by the variables in vain."""
     asked = {name: os.environ[name] for name in GPU_VARIABLES
              if os.environ.get(name, "") not in ("", "-1")}
-    dml = f"DML_VISIBLE_DEVICES={asked.get('DML_VISIBLE_DEVICES')}"
-    if "DML_VISIBLE_DEVICES" in asked and directml_plugin_installed():
-        return (f"{dml} asks for a DirectML GPU, but DirectML found no compatible adapter "
-                "(check the index and the GPU driver); training on the CPU")
     if "CUDA_VISIBLE_DEVICES" in asked:    # --gpu sets both variables; this stack is CUDA's
         return (f"CUDA_VISIBLE_DEVICES={asked['CUDA_VISIBLE_DEVICES']} asks for a CUDA GPU, but "
                 "TensorFlow found none; training on the CPU")
     if "DML_VISIBLE_DEVICES" in asked:
-        return (f"{dml} asks for a DirectML GPU, but tensorflow-directml-plugin is not "
-                "installed (see requirements-directml.txt); training on the CPU")
+        return (f"DML_VISIBLE_DEVICES={asked['DML_VISIBLE_DEVICES']} asks for a DirectML GPU, "
+                "but tensorflow-directml-plugin is not installed (see "
+                "requirements-directml.txt); training on the CPU")
     return None
 
 

@@ -2,7 +2,7 @@
 
     python evaluate.py RUN_DIR [--data-dir DIR] [--batch-size N]
 
-prints test top-1 / top-5 / loss of best.weights.h5 and compares them with the run's
+prints test top-1 / top-5 / loss of best.weights.npz and compares them with the run's
 results.json (the same evaluation the run did at its end, so they should agree; a different
 --data-dir can change them).
 """
@@ -13,7 +13,7 @@ from typing import List, Optional
 
 import run_dir
 from errors import UsageError, entry_point
-from flags import Parser
+from flags import Parser, add_verbose_flag, verbose_requested
 
 METRICS = ("test_top1", "test_top5", "test_loss")
 
@@ -48,17 +48,20 @@ def main(argv: Optional[List[str]] = None) -> int:
                     description="Evaluate a run's best weights on the test set again.")
     parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
                                         "train_cifar100.py")
-    parser.add_argument("--data-dir", help="where the test set is (default: where the run "
+    parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
+                                           "CIFAR archive or its extracted folder, or the "
+                                           "archive file itself (default: where the run "
                                            "read its data)")
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default: the run's batch size)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     batch_size = run.config.batch_size if args.batch_size is None else args.batch_size
     if batch_size < 1:
         raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
     import cifar_data
-    data = cifar_data.load(run.config.dataset, args.data_dir or run.options.data_dir)
+    data = cifar_data.load(run.config.dataset, run.data_dir(args.data_dir))
     x_test, y_test = data.x_test, data.y_test
     measured = evaluate_run(run, x_test, y_test, batch_size)
     print(f"{run.config.display_name} test set, {len(x_test):,} images: top-1 "
@@ -70,5 +73,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     import devices
-    devices.prepare_environment(None)
+    devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
     sys.exit(main())

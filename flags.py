@@ -64,15 +64,32 @@ def build_train_parser(dataset: str) -> Parser:
         description=f"Train a Vision Transformer from scratch on {name}, on a DirectML or "
                     "CUDA GPU or the CPU. Each flag overrides the chosen preset.",
         argument_default=argparse.SUPPRESS)
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sample",
+    parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="named starting configuration (default: sample, the seed "
-                             "sample's model and schedule)")
+                             "sample's model and schedule); with an --output-dir that holds "
+                             "a run, only checked against it: the run keeps its settings")
     parser.add_argument("--list-devices", action="store_true",
                         help="print the devices TensorFlow sees and exit")
     parser.add_argument("--restart", action="store_true",
-                        help="start the run in --output-dir over instead of resuming it")
+                        help="start the run in --output-dir over, with the preset and the "
+                             "flags given, instead of resuming it")
+    add_verbose_flag(parser)
     add_setting_flags(parser)
     return parser
+
+
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """--verbose: show TensorFlow's C++ start-up logs, which devices.prepare_environment
+    hides by default."""
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's C++ log lines (start-up notices, warnings), "
+                             "hidden by default unless TF_CPP_MIN_LOG_LEVEL is set")
+
+
+def verbose_requested(argv: List[str]) -> bool:
+    """Whether argv (before any `--`) has --verbose: for commands that must prepare the
+    environment before they parse their flags."""
+    return "--verbose" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
 def add_setting_flags(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import run_dir
 from config import IMAGE_SIZE
 from errors import UsageError, entry_point
-from flags import Parser
+from flags import Parser, add_verbose_flag, verbose_requested
 
 
 def read_image(path: str) -> np.ndarray:
@@ -62,6 +62,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="PNG, JPEG, GIF or BMP files of any size")
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes per image (default 5, at most the number of classes)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if args.top_k < 1:
         raise UsageError(f"--top-k must be 1 or more, got {args.top_k}")
@@ -83,5 +84,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     import devices
-    devices.prepare_environment(None)
+    devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
     sys.exit(main())

@@ -73,8 +73,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args, training_flags = parser.parse_known_args(argv)
     if args.rows <= 0 or args.versions <= 0:
         raise UsageError("--rows and --versions must be positive")
-    config, options, _ = parse_train_flags(args.dataset, training_flags)
-    devices.prepare_environment(options.gpu)
+    config, options, train_args = parse_train_flags(args.dataset, training_flags)
+    devices.prepare_environment(options.gpu, verbose=getattr(train_args, "verbose", False))
     import numpy as np
 
     import cifar_data

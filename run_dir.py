@@ -1,10 +1,12 @@
 """The run directory: every file a run writes, how each is written, and opening a run again.
 
     config.json         the run's TrainConfig and RunOptions (config.to_json)
-    checkpoint.npz      weights + optimizer + run state after the last completed epoch: rerun
-                        the same command to resume from it (--restart to start over)
-    best.weights.h5     weights with the best validation top-1 so far (rebuild the model from
-                        config.json, then load_weights)
+    checkpoint.npz      weights + optimizer + run state after the last completed epoch:
+                        `python train_cifar10.py --output-dir DIR` resumes from it with the
+                        settings in config.json (--restart to start over)
+    best.weights.npz    weights with the best validation top-1 so far (rebuild the model from
+                        config.json, then load_weights(model, path))
+    training.lock       held by the training process while it runs (see RunLock)
     history.csv         one row of metrics per completed epoch
     results.json        test top-1/top-5 of the best weights, timings, device and versions;
                         written when training has finished
@@ -13,14 +15,22 @@
     *.png               FIGURES (visualize.py), drawn from the best weights at the end of
                         the run and when it stops early; PATCHES by visualize.py only
 
+Weights are portable: best.weights.npz and the model part of checkpoint.npz are numpy
+arrays keyed by each weight's path in the model ("vit/block_0/attention/qkv/kernel"), the
+same on Keras 3 (variable.path) and Keras 2.10 (variable.name less ":0"), so a run trained on
+one stack opens, evaluates and resumes on the other. The optimizer's Adam moments are keyed
+the same way ("optimizer/m/vit/..."). Runs of earlier versions (best.weights.h5, a
+checkpoint keyed by position) still load on the stack that wrote them; resuming one there
+converts its best weights to best.weights.npz.
+
 Every file but the figures is written beside its destination under a `.partial-` name and
 renamed over it when complete, so a crash, a kill or a full disk leaves the previous version
 readable. The figures, which visualize.py can redraw, are written in place.
 
 `checkpoint.npz` holds everything a resumed run needs, in one file so that its parts cannot
-disagree: the model weights, the optimizer's variables (step count, Adam moments) and the
-run state (epochs done, best score, plateau counters, learning rate, metrics history) as
-JSON.
+disagree: the model weights (model/PATH), the optimizer's variables (optimizer/iterations,
+optimizer/m/PATH, optimizer/v/PATH) and the run state (epochs done, best score, plateau
+counters, learning rate, metrics history) as JSON (state).
 
 This module imports no TensorFlow at import time (it works on the model objects it is
 given), so a missing run directory is reported before TensorFlow's slow start-up.
@@ -35,20 +45,26 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 import label_names
-from config import RunOptions, TrainConfig, differences_that_block_resume, flag_name, from_json, \
-    to_json
+from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, flag_name, \
+    from_json, override, to_json
 from errors import RunStopped, UsageError, first_line
+from flags import split_settings
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
-BEST_WEIGHTS = "best.weights.h5"
+BEST_WEIGHTS = "best.weights.npz"
+LEGACY_BEST_WEIGHTS = "best.weights.h5"   # earlier versions: Keras's own format, one stack
+LOCK = "training.lock"
 HISTORY = "history.csv"
 RESULTS = "results.json"
 LABELS = "labels.json"
@@ -59,7 +75,7 @@ PREDICTIONS = "test_predictions.png"
 ATTENTION = "attention_maps.png"
 PATCHES = "patches.png"
 FIGURES = (CURVES, CONFUSION, PREDICTIONS, ATTENTION)     # drawn at the end of every run
-RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, HISTORY, RESULTS, LABELS)
+RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, LEGACY_BEST_WEIGHTS, HISTORY, RESULTS, LABELS)
 
 
 def default_path(dataset: str) -> str:
@@ -137,6 +153,139 @@ class RunState:
         return cls(**values)
 
 
+class WeightsError(ValueError):
+    """A weights file or checkpoint that cannot be read (its message says "damaged") or that
+    does not fit the model (its message names the weights that differ)."""
+
+
+def weight_key(variable) -> str:
+    """A weight's path in its model, the same on both stacks: "vit/block_0/mlp_in/bias" is
+    Keras 3's variable.path and Keras 2.10's variable.name ("vit/block_0/mlp_in/bias:0")."""
+    path = getattr(variable, "path", None)
+    return path if isinstance(path, str) else variable.name.split(":")[0]
+
+
+def model_arrays(model) -> Dict[str, np.ndarray]:
+    """{weight path: value} of every weight of `model`."""
+    keys = [weight_key(v) for v in model.weights]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"the model has several weights named {', '.join(twice)}")
+    return dict(zip(keys, model.get_weights()))
+
+
+def _read_npz(path: str) -> Dict[str, np.ndarray]:
+    """Every array of an .npz file, read now; WeightsError "damaged" if it cannot be read."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return {key: saved[key] for key in saved.files}
+    except FileNotFoundError:
+        raise WeightsError(f"{path} is missing") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise WeightsError(f"{path} is damaged ({first_line(error)})") from None
+
+
+def _listed(names: List[str], limit: int = 3, separator: str = ", ") -> str:
+    shown = separator.join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _assign_model(model, arrays: Dict[str, np.ndarray], where: str) -> None:
+    """Gives `model` the weights in {weight path: array}; WeightsError naming every
+    missing, unexpected and other-shaped weight (the first few of each) if they differ."""
+    expected = {weight_key(v): tuple(v.shape) for v in model.weights}
+    missing = [k for k in expected if k not in arrays]
+    unexpected = sorted(k for k in arrays if k not in expected)
+    reshaped = [f"{k} is {tuple(arrays[k].shape)} in the file, {expected[k]} in the model"
+                for k in expected if k in arrays and tuple(arrays[k].shape) != expected[k]]
+    problems = ([f"{len(missing)} missing ({_listed(missing)})"] if missing else []) + \
+        ([f"{len(unexpected)} unexpected ({_listed(unexpected)})"] if unexpected else []) + \
+        ([f"{len(reshaped)} of another shape ({_listed(reshaped, 2, '; ')})"] if reshaped
+         else [])
+    if problems:
+        raise WeightsError(f"{where} does not fit the model: weights " + "; ".join(problems))
+    model.set_weights([arrays[weight_key(v)] for v in model.weights])
+
+
+def save_weights(model, path: str) -> None:
+    """Writes every weight of `model` to `path` (.npz, atomically), keyed by its path in the
+    model, so that both stacks read it (load_weights)."""
+    arrays = model_arrays(model)
+
+    def write(temporary):
+        with open(temporary, "wb") as handle:
+            np.savez(handle, **arrays)
+    atomic_save(path, write)
+
+
+def load_weights(model, path: str) -> None:
+    """Gives `model` the weights in `path`: a file of save_weights (either stack), or an
+    earlier version's .weights.h5 (Keras's own format, read by the stack that wrote it).
+    WeightsError says "damaged" for a file that cannot be read, and names the weights that
+    differ for one that does not fit."""
+    if path.endswith(".npz"):
+        _assign_model(model, _read_npz(path), path)
+        return
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError) as error:
+        writer = _keras_h5_writer(path)
+        import tensorflow as tf
+        here = tf.keras.__version__.split(".")[0]
+        if writer is not None and writer != here:
+            raise WeightsError(
+                f"{path} was written by an earlier version of the app on Keras {writer} "
+                f"({_STACKS.get(writer, 'another stack')}), in that Keras's own format, which "
+                f"Keras {here} cannot read; resume the run once on that stack to convert it "
+                f"to {BEST_WEIGHTS}, which both stacks read") from None
+        if writer is None:
+            raise WeightsError(f"{path} is damaged (not an HDF5 file)") from None
+        raise WeightsError(f"{path} does not fit the model ({first_line(error)})") from None
+
+
+_STACKS = {"2": "the DirectML stack", "3": "the current stack"}
+
+
+def _keras_h5_writer(path: str) -> Optional[str]:
+    """The major Keras version that wrote a .weights.h5: Keras 2 stores its version in the
+    file's attributes, Keras 3 stores none; None if the file is no HDF5 file."""
+    try:
+        import h5py
+        with h5py.File(path, "r") as handle:
+            version = handle.attrs.get("keras_version")
+    except (OSError, ImportError):
+        return None
+    if version is None:
+        return "3"
+    version = version.decode() if isinstance(version, bytes) else str(version)
+    return version.split(".")[0]
+
+
+def best_weights_path(folder: str) -> Optional[str]:
+    """The run's best-weights file: best.weights.npz, else an earlier version's
+    best.weights.h5; None before the first epoch has ended."""
+    for name in (BEST_WEIGHTS, LEGACY_BEST_WEIGHTS):
+        if os.path.isfile(os.path.join(folder, name)):
+            return os.path.join(folder, name)
+    return None
+
+
+def convert_legacy_best_weights(folder: str, model) -> None:
+    """Replaces an earlier version's best.weights.h5 by best.weights.npz, on the stack that
+    wrote it, leaving `model`'s weights as they were (it serves to read the file)."""
+    legacy = os.path.join(folder, LEGACY_BEST_WEIGHTS)
+    if not os.path.isfile(legacy):
+        return
+    if not os.path.isfile(os.path.join(folder, BEST_WEIGHTS)):
+        current = model.get_weights()
+        load_weights(model, legacy)
+        save_weights(model, os.path.join(folder, BEST_WEIGHTS))
+        model.set_weights(current)
+    os.remove(legacy)        # the .npz holds the same weights (or, written later, better)
+
+
+# --- the optimizer ---------------------------------------------------------------------------
+
 def optimizer_variables(optimizer) -> list:
     """Adam's or AdamW's variables (step count, moments). Under mixed precision these are the
     inner optimizer's: the loss scale starts afresh, so a run can resume with another
@@ -149,6 +298,42 @@ def optimizer_variables(optimizer) -> list:
     if not any(v is optimizer.iterations for v in variables):   # `in` would compare values
         variables.insert(0, optimizer.iterations)
     return variables
+
+
+# Slot names of Adam and AdamW: Keras 3's, Keras 2.10's, and the portable key's.
+_SLOTS = {"momentum": "m", "velocity": "v", "velocity_hat": "vhat",
+          "m": "m", "v": "v", "vhat": "vhat"}
+
+
+def optimizer_keys(optimizer, model) -> Dict[str, object]:
+    """{portable key: variable} of the optimizer's state: "optimizer/iterations", and
+    "optimizer/SLOT/PATH" for each moment of each trainable weight (SLOT m, v or vhat), as
+    Keras 3 (name "vit_block_0_mlp_in_bias_momentum"), Keras 2.10's Adam
+    ("Adam/vit/block_0/mlp_in/bias/m:0") and its AdamW ("AdamW/m/vit/block_0/...") name
+    them. Keras 3's learning-rate variable is left out: the run state holds the rate. A
+    variable of no known form is keyed by its own name (readable on its stack only)."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    paths = [weight_key(v) for v in model.trainable_variables]
+    by_name = {}
+    for path in paths:
+        for slot, short in _SLOTS.items():
+            by_name[f"{path.replace('/', '_')}_{slot}"] = f"optimizer/{short}/{path}"   # 3
+            by_name[f"{path}/{slot}"] = by_name[f"{slot}/{path}"] = f"optimizer/{short}/{path}"
+    keys = {}
+    for variable in optimizer_variables(optimizer):
+        if variable is inner.iterations:
+            keys["optimizer/iterations"] = variable
+            continue
+        if variable is getattr(inner, "_learning_rate", None):
+            continue
+        name = variable.name.split(":")[0]
+        key = by_name.get(name)
+        if key is None:       # Keras 2: "Adam/PATH/m", "cond_1/Adam/PATH/m", "AdamW/m/PATH"
+            parts = name.split("/")
+            key = next((by_name[tail] for i in range(1, len(parts))
+                        if (tail := "/".join(parts[i:])) in by_name), None)
+        keys[key or f"optimizer/other/{name}"] = variable
+    return keys
 
 
 def build_optimizer_slots(optimizer, model) -> None:
@@ -164,10 +349,12 @@ def build_optimizer_slots(optimizer, model) -> None:
         variable.assign(value)
 
 
+# --- the checkpoint --------------------------------------------------------------------------
+
 def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
-    arrays = {f"model_{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"optimizer_{i}": np.asarray(v)
-                   for i, v in enumerate(optimizer_variables(optimizer))})
+    arrays = {f"model/{key}": value for key, value in model_arrays(model).items()}
+    arrays.update({key: np.asarray(variable)
+                   for key, variable in optimizer_keys(optimizer, model).items()})
     arrays["state"] = np.frombuffer(state.to_json().encode("utf-8"), dtype=np.uint8)
 
     def write(temporary):
@@ -178,18 +365,78 @@ def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
 
 def load_checkpoint(path: str, model, optimizer) -> RunState:
     """Restores weights and optimizer variables into `model` / `optimizer`; returns the state.
-    Raises ValueError if the file does not fit this model."""
-    with np.load(path, allow_pickle=False) as saved:
-        state = RunState.from_json(saved["state"].tobytes().decode("utf-8"))
-        weights = [saved[f"model_{i}"] for i in range(len(model.get_weights()))]
-        model.set_weights(weights)
+    Raises WeightsError if the file is damaged or its weights do not fit this model. An
+    optimizer state that does not fit (a checkpoint of an earlier version written on the
+    other stack) is left out with a one-line warning: the run resumes with its weights and
+    step count, and fresh Adam moments."""
+    arrays = _read_npz(path)
+    try:
+        state = RunState.from_json(arrays["state"].tobytes().decode("utf-8"))
+    except (KeyError, ValueError, TypeError) as error:
+        raise WeightsError(f"{path} is damaged (its run state: {first_line(error)})") from None
+    if any(key.startswith("model/") for key in arrays):
+        _assign_model(model, {k[len("model/"):]: v for k, v in arrays.items()
+                              if k.startswith("model/")}, path)
         build_optimizer_slots(optimizer, model)
-        variables = optimizer_variables(optimizer)
-        if f"optimizer_{len(variables)}" in saved or f"optimizer_{len(variables) - 1}" not in saved:
-            raise ValueError("optimizer variables do not match")
-        for i, variable in enumerate(variables):
-            variable.assign(saved[f"optimizer_{i}"])
+        problem = _restore_optimizer(optimizer_keys(optimizer, model), arrays)
+    else:                                     # earlier versions: by position, one stack
+        _assign_model(model, _positional(arrays, "model_", [weight_key(v) for v in
+                                                              model.weights]), path)
+        build_optimizer_slots(optimizer, model)
+        problem = _restore_by_position(optimizer_variables(optimizer), arrays)
+    if problem:
+        print(f"warning: the optimizer state in {path} does not fit this optimizer "
+              f"({problem}), probably written on the other stack by an earlier version; "
+              "resuming with the saved weights and step count and fresh Adam moments",
+              flush=True)
     return state
+
+
+def _positional(arrays: Dict[str, np.ndarray], prefix: str, keys: List[str]) -> dict:
+    """An earlier version's {prefix + index: array} as {keys[index]: array}; indices beyond
+    `keys` are kept under their own name, so that they count as unexpected."""
+    found = {}
+    for name, value in arrays.items():
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            index = int(name[len(prefix):])
+            found[keys[index] if index < len(keys) else name] = value
+    return found
+
+
+def _restore_optimizer(variables: Dict[str, object], arrays: Dict[str, np.ndarray]
+                       ) -> Optional[str]:
+    """Assigns arrays[key] to each variables[key], all or none (saved keys this optimizer
+    lacks are ignored); returns what does not fit, None when all did. When the moments do
+    not fit, the step count alone is restored (a schedule and bias correction read it)."""
+    missing = [k for k in variables if k not in arrays]
+    reshaped = [k for k in variables if k in arrays
+                and tuple(arrays[k].shape) != tuple(variables[k].shape)]
+    if missing or reshaped:
+        if "optimizer/iterations" in variables and "optimizer/iterations" in arrays:
+            variables["optimizer/iterations"].assign(arrays["optimizer/iterations"])
+        return "; ".join(([f"missing {_listed(missing)}"] if missing else []) +
+                         ([f"other shape {_listed(reshaped)}"] if reshaped else []))
+    for key, variable in variables.items():
+        variable.assign(arrays[key])
+    return None
+
+
+def _restore_by_position(variables: list, arrays: Dict[str, np.ndarray]) -> Optional[str]:
+    """An earlier version's optimizer_0, optimizer_1, ... assigned in order, all or none;
+    returns what does not fit. The step count comes first on both stacks, so it alone is
+    restored when the rest does not fit."""
+    saved = [value for _, value in sorted(
+        (int(k[len("optimizer_"):]), v) for k, v in arrays.items()
+        if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit())]
+    if len(saved) == len(variables) and all(
+            tuple(a.shape) == tuple(v.shape) for a, v in zip(saved, variables)):
+        for variable, value in zip(variables, saved):
+            variable.assign(value)
+        return None
+    if saved and saved[0].shape == ():
+        variables[0].assign(saved[0])
+    return (f"{len(saved)} variables saved by position, of other shapes than this "
+            f"optimizer's {len(variables)}")
 
 
 # --- history.csv ------------------------------------------------------------------------------
@@ -240,14 +487,43 @@ def read_config(path: str, advice: str = "") -> Tuple[TrainConfig, RunOptions]:
         raise UsageError(f"{error}{advice}") from None
 
 
+def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, object],
+                    preset: Optional[str] = None) -> Optional[Tuple[TrainConfig, RunOptions]]:
+    """The settings to go on with the run in `output_dir`: its config.json with the flags
+    `given` (flat, as flags.given_settings returns) on top; None when the folder holds no
+    config.json (a new run). The flags may change the resumable experiment settings
+    (epochs, learning rate, patience, early stopping) and any run option; UsageError lists
+    every other difference at once. `preset`, when given, is checked the same way (the run
+    must be that preset, apart from the flags and the resumable settings) and changes
+    nothing, so the command that started the run resumes it too."""
+    if not output_dir or not os.path.isfile(os.path.join(output_dir, CONFIG)):
+        return None
+    saved, saved_options = read_config(output_dir)
+    if saved.dataset != dataset:
+        raise UsageError(f"{output_dir} holds a {saved.display_name} run; resume it with "
+                         f"train_{saved.dataset}.py, or pick another --output-dir")
+    experiment, run = split_settings(given)
+    wanted = override(saved, **experiment)
+    reference = wanted if preset is None else override(
+        dataclasses.replace(PRESETS[preset], dataset=dataset), **experiment)
+    check_resumable(saved, reference, output_dir)
+    if "data_dir" not in run and saved_options.data_dir and \
+            not os.path.exists(saved_options.data_dir):
+        raise UsageError(f"the run's data, --data-dir {saved_options.data_dir} (in "
+                         f"{os.path.join(output_dir, CONFIG)}), is not there; pass --data-dir "
+                         "with the folder or archive that holds them now")
+    return (wanted.validate(),
+            dataclasses.replace(saved_options, **{**run, "output_dir": output_dir}).validate())
+
+
 def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool
                          ) -> Optional[TrainConfig]:
     """Creates or reopens options.output_dir and writes config.json; returns the experiment of
     the run being resumed, or None for a fresh run. Refuses (UsageError, listing every
-    difference) to resume a run whose experiment differs beyond the resumable settings."""
+    difference) to resume a run whose experiment differs beyond the resumable settings.
+    The caller holds the folder's RunLock."""
     output_dir = options.output_dir
-    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
-        raise UsageError(f"--output-dir {output_dir} is a file; pass a folder")
+    _check_folder(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     if restart:
         figures = [name for name in os.listdir(output_dir) if name.endswith(".png")]
@@ -266,6 +542,11 @@ def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool
     return saved
 
 
+def _check_folder(output_dir: str) -> None:
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise UsageError(f"--output-dir {output_dir} is a file; pass a folder")
+
+
 def check_resumable(saved: TrainConfig, wanted: TrainConfig, output_dir: str) -> None:
     if saved.dataset != wanted.dataset:
         raise UsageError(f"{output_dir} holds a {saved.display_name} run; resume it with "
@@ -274,13 +555,97 @@ def check_resumable(saved: TrainConfig, wanted: TrainConfig, output_dir: str) ->
     if differences:
         listed = ", ".join(f"{flag_name(name)} {_shown(old)}, not {_shown(new)}"
                            for name, old, new in differences)
-        raise UsageError(f"{output_dir} holds a run with {listed}; rerun with its settings to "
-                         "resume, add --restart to start it over, or pick another --output-dir")
+        raise UsageError(f"{output_dir} holds a run with {listed}; leave those flags out to "
+                         "resume it with its own settings, add --restart to start it over "
+                         "with yours, or pick another --output-dir")
 
 
 def _shown(value) -> str:
     return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
+
+# --- one trainer per run directory --------------------------------------------------------------
+
+class RunLock:
+    """An exclusive lock on a run directory, held by the training process: an OS lock
+    (fcntl.flock on POSIX, msvcrt.locking on Windows) on LOCK in the folder, which holds the
+    owner's PID. The OS releases it when the process ends, however it ends (a SIGKILL or a
+    power cut leaves no stale lock: the file stays, unlocked). A second process is refused
+    with UsageError naming the first, before it has changed anything.
+
+        with RunLock(output_dir):
+            ...train...
+    """
+
+    # Windows locks are mandatory: the PID at the start of the file stays readable because
+    # the byte locked lies beyond it.
+    LOCKED_BYTE = 64
+
+    def __init__(self, output_dir: str):
+        self.output_dir = output_dir
+        self.path = os.path.join(output_dir, LOCK)
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        _check_folder(self.output_dir)
+        os.makedirs(self.output_dir, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            _lock(fd, self.LOCKED_BYTE)
+        except OSError:
+            owner = _read_pid(fd)
+            os.close(fd)
+            who = f"process {owner}" if owner else "another process"
+            raise UsageError(f"{self.output_dir} is being trained by {who} (it holds "
+                             f"{self.path}); wait for it to end or stop it, or pick another "
+                             "--output-dir") from None
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid():<{self.LOCKED_BYTE - 1}d}\n".encode())
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        if self.fd is not None:
+            _unlock(self.fd, self.LOCKED_BYTE)
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _read_pid(fd: int) -> Optional[int]:
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        return int(os.read(fd, RunLock.LOCKED_BYTE).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+if sys.platform == "win32":
+    import msvcrt
+
+    def _lock(fd: int, offset: int) -> None:
+        os.lseek(fd, offset, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)       # OSError when another process holds it
+
+    def _unlock(fd: int, offset: int) -> None:
+        os.lseek(fd, offset, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+else:
+    import fcntl
+
+    def _lock(fd: int, offset: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError (an OSError)
+
+    def _unlock(fd: int, offset: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+# --- opening a finished run -------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class SavedRun:
@@ -301,17 +666,36 @@ class SavedRun:
         with open(self.file(RESULTS), encoding="utf-8") as handle:
             return json.load(handle)
 
+    def data_dir(self, given: Optional[str]) -> Optional[str]:
+        """Where to read the test set: `given` (--data-dir), else where the run read its
+        data; UsageError when that is gone (a temporary folder, another machine)."""
+        if given is not None or self.options.data_dir is None:
+            return given
+        if not os.path.exists(self.options.data_dir):
+            raise UsageError(f"the run read its data from {self.options.data_dir} (its "
+                             f"{CONFIG}), which is not there now; pass --data-dir with the "
+                             "folder or archive that holds them")
+        return self.options.data_dir
+
 
 def open_run(path: str) -> SavedRun:
     """Reads a run directory's config and class names; raises UsageError unless it holds a
-    config.json and a best.weights.h5."""
+    config.json and best weights."""
+    if os.path.isfile(path):
+        folder = os.path.dirname(path) or "."
+        hint = (f"; its folder {folder} is one" if os.path.isfile(os.path.join(folder, CONFIG))
+                else "")
+        raise UsageError(f"{path} is a file, not a run directory: pass the folder that "
+                         f"train_cifar10.py wrote (runs/...){hint}")
     if not os.path.isdir(path):
         raise UsageError(f"run directory {path} does not exist; pass a folder that "
                          f"train_cifar10.py wrote (runs/...)")
-    for name in (CONFIG, BEST_WEIGHTS):
-        if not os.path.isfile(os.path.join(path, name)):
-            raise UsageError(f"{path} has no {name}: not a run directory, or a run stopped "
-                             "before its first epoch ended")
+    if not os.path.isfile(os.path.join(path, CONFIG)):
+        raise UsageError(f"{path} has no {CONFIG}: not a run directory, or a run stopped "
+                         "before its first epoch ended")
+    if best_weights_path(path) is None:
+        raise UsageError(f"{path} has no {BEST_WEIGHTS}: not a run directory, or a run "
+                         "stopped before its first epoch ended")
     config, options = read_config(path)
     return SavedRun(path, config, options, _label_names(path, config.dataset))
 
@@ -326,10 +710,10 @@ def _label_names(path: str, dataset: str) -> List[str]:
 
 
 def load_best_weights(run: SavedRun, model) -> None:
-    """Gives `model` (built from run.config) the run's best weights; UsageError naming the
-    file when it is damaged or does not fit."""
+    """Gives `model` (built from run.config) the run's best weights, written on either
+    stack; UsageError naming the file and what is wrong (damaged, or which weights do not
+    fit the model in config.json)."""
     try:
-        model.load_weights(run.file(BEST_WEIGHTS))
-    except (OSError, ValueError) as error:
-        raise UsageError(f"{run.file(BEST_WEIGHTS)} is damaged or does not fit the model in "
-                         f"{CONFIG} ({first_line(error)})") from None
+        load_weights(model, best_weights_path(run.path))
+    except WeightsError as error:
+        raise UsageError(f"{error} (the model is built from {run.file(CONFIG)})") from None

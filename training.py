@@ -9,11 +9,13 @@ from __future__ import annotations
 import importlib.util
 import math
 import os
+import shlex
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Optional
@@ -28,7 +30,7 @@ import optimization
 import run_dir
 import visualize
 from config import RunOptions, TrainConfig, to_json
-from errors import RunStopped, UsageError, first_line
+from errors import RunStopped, UsageError
 from run_dir import RunState
 from vit_model import build_model
 
@@ -141,7 +143,7 @@ class Bookkeeper(keras.callbacks.Callback):
         run_dir.save_checkpoint(self.path(run_dir.CHECKPOINT), self.model, self.model.optimizer,
                                 self.state)
         if improved:
-            run_dir.atomic_save(self.path(run_dir.BEST_WEIGHTS), self.model.save_weights)
+            run_dir.save_weights(self.model, self.path(run_dir.BEST_WEIGHTS))
         run_dir.write_history(self.path(run_dir.HISTORY), self.state.history)
 
 
@@ -244,9 +246,16 @@ def evaluate_test(model, config: TrainConfig, x_test, y_test, batch_size: int) -
 def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         device: devices.Device, restart: bool = False) -> dict:
     """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
-    what it writes to results.json. Raises RunStopped on NaN, disk errors and Ctrl-C."""
+    what it writes to results.json. Raises RunStopped on NaN, disk errors and Ctrl-C, and
+    UsageError, before touching anything, when another process trains in the folder."""
     options = replace(options, output_dir=options.output_dir or run_dir.default_path(
         config.dataset))
+    with run_dir.RunLock(options.output_dir):
+        return _run_locked(config, options, data, device, restart)
+
+
+def _run_locked(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
+                device: devices.Device, restart: bool) -> dict:
     output_dir = options.output_dir
     saved_config = run_dir.prepare_for_training(config, options, restart)
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.LABELS), data.label_names)
@@ -400,26 +409,26 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
 
 def draw_figures(output_dir: str, data: cifar_data.CifarData, model) -> None:
     """The run's figures from its best weights (none before the first epoch has ended)."""
-    best = os.path.join(output_dir, run_dir.BEST_WEIGHTS)
-    if not os.path.exists(best):
+    best = run_dir.best_weights_path(output_dir)
+    if best is None:
         return
     print("Drawing the figures of the run so far (Ctrl-C skips them)", flush=True)
     try:
-        model.load_weights(best)
+        run_dir.load_weights(model, best)
         visualize.write_run_figures(output_dir, model, data.x_test, data.y_test,
                                     data.label_names)
     except KeyboardInterrupt:
         print("figures skipped")
+    except run_dir.WeightsError as error:
+        print(f"warning: figures not drawn: {error}")
 
 
 def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) -> RunState:
     checkpoint = os.path.join(options.output_dir, run_dir.CHECKPOINT)
     try:
         state = run_dir.load_checkpoint(checkpoint, model, model.optimizer)
-    except (KeyError, ValueError, TypeError, OSError, zipfile.BadZipFile) as error:
-        raise UsageError(f"{checkpoint} does not fit this model or is damaged "
-                         f"({first_line(error)}); "
-                         "add --restart to start the run over") from None
+    except run_dir.WeightsError as error:
+        raise UsageError(f"{error}; add --restart to start the run over") from None
     if config.learning_rate != saved.learning_rate:      # asked for anew, e.g. after a NaN
         state.learning_rate = config.learning_rate       # (cosine: the schedule's new peak)
         state.epochs_since_lr_change = 0
@@ -431,7 +440,11 @@ def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) 
             or os.path.getmtime(best_weights) < os.path.getmtime(checkpoint)):
         # The last epoch was the best, and its weights file, written after the checkpoint,
         # is missing or older: a crash came in between. The checkpoint holds those weights.
-        run_dir.atomic_save(best_weights, model.save_weights)
+        run_dir.save_weights(model, best_weights)
+    try:
+        run_dir.convert_legacy_best_weights(options.output_dir, model)
+    except run_dir.WeightsError as error:
+        raise UsageError(f"{error}; add --restart to start the run over") from None
     best = (f", best validation top-1 {state.best_val_top1:.2%} at epoch {state.best_epoch}"
             if state.best_epoch else "")
     epochs = state.plan["epochs"] if state.plan else config.epochs     # --time-budget's plan
@@ -445,8 +458,22 @@ def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) 
 
 
 def resume_command(config: TrainConfig, options: RunOptions) -> str:
-    return (f"python train_{config.dataset}.py --output-dir {options.output_dir} "
-            "(with the same flags)")
+    """The command that resumes the run, to paste into this shell from this folder: the run
+    directory holds every setting. `python` when that is this interpreter on the PATH (an
+    activated environment), else this interpreter's full path."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                          f"train_{config.dataset}.py")
+    try:
+        relative = os.path.relpath(script)
+    except ValueError:                     # Windows: the script is on another drive
+        relative = os.pardir
+    if not relative.startswith(os.pardir):  # the app's folder or below it: short and exact
+        script = relative
+    on_path = shutil.which("python")
+    python = "python" if on_path and os.path.normcase(os.path.abspath(on_path)) == \
+        os.path.normcase(os.path.abspath(sys.executable)) else sys.executable
+    quote = subprocess.list2cmdline if os.name == "nt" else shlex.join
+    return quote([python, script, "--output-dir", options.output_dir])
 
 
 def interrupted(config: TrainConfig, options: RunOptions, state: RunState) -> RunStopped:
@@ -470,11 +497,15 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
            state: RunState, device: devices.Device, train_images: int) -> dict:
     """Evaluates the best weights on the test set, writes results.json and the figures."""
     output_dir = options.output_dir
-    best = os.path.join(output_dir, run_dir.BEST_WEIGHTS)
-    if not os.path.exists(best):
-        raise UsageError(f"{best} is missing, so the run cannot be evaluated; add --restart "
-                         "to train it again")
-    model.load_weights(best)
+    best = run_dir.best_weights_path(output_dir)
+    if best is None:
+        raise UsageError(f"{os.path.join(output_dir, run_dir.BEST_WEIGHTS)} is missing, so "
+                         "the run cannot be evaluated; add --restart to train it again")
+    try:
+        run_dir.load_weights(model, best)
+    except run_dir.WeightsError as error:
+        raise UsageError(f"{error}, so the run cannot be evaluated; add --restart to train "
+                         "it again") from None
     results = {
         "dataset": config.dataset,
         **evaluate_test(model, config, data.x_test, data.y_test, config.batch_size),

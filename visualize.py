@@ -4,7 +4,7 @@ an image cut into the model's patches.
     python visualize.py RUN_DIR [--data-dir DIR] [--patches IMAGE_INDEX]
 
 redraws every figure of a finished or interrupted run directory from its config.json,
-best.weights.h5 and history.csv, with the test set read from where the run read it (or
+best.weights.npz and history.csv, with the test set read from where the run read it (or
 --data-dir). Training calls `write_run_figures` at the end of each run. matplotlib draws
 with the Agg backend: no display is needed.
 
@@ -34,7 +34,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 import run_dir  # noqa: E402
 from config import IMAGE_SIZE, patch_grid_side  # noqa: E402
 from errors import UsageError, entry_point  # noqa: E402
-from flags import Parser  # noqa: E402
+from flags import Parser, add_verbose_flag, verbose_requested  # noqa: E402
 from run_dir import ATTENTION, CONFUSION, CURVES, HISTORY, PATCHES, PREDICTIONS  # noqa: E402
 
 DPI = 100
@@ -332,15 +332,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                     "matrix, test predictions, attention maps, and a test image as patches.")
     parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
                                         "train_cifar100.py")
-    parser.add_argument("--data-dir", help="where the test set is (default: where the run "
+    parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
+                                           "CIFAR archive or its extracted folder, or the "
+                                           "archive file itself (default: where the run "
                                            "read its data)")
     parser.add_argument("--patches", type=int, default=0, metavar="IMAGE_INDEX",
                         help=f"test image drawn as patches into {PATCHES} (default: 0)")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     import cifar_data
     from vit_model import build_model
-    data = cifar_data.load(run.config.dataset, args.data_dir or run.options.data_dir)
+    data = cifar_data.load(run.config.dataset, run.data_dir(args.data_dir))
     if not 0 <= args.patches < len(data.x_test):
         raise UsageError(f"--patches {args.patches} is not a test image index; the test "
                          f"set has {len(data.x_test)} images (0..{len(data.x_test) - 1})")
@@ -355,5 +358,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 if __name__ == "__main__":
     import devices
-    devices.prepare_environment(None)
+    devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
     sys.exit(main())

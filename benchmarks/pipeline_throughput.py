@@ -27,7 +27,11 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import devices  # noqa: E402
+from flags import verbose_requested  # noqa: E402
+
+if "tensorflow" not in sys.modules:           # run as a script: a quiet TensorFlow start
+    devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402

@@ -3,6 +3,7 @@ running the app's scripts in a fresh Python."""
 import contextlib
 import io
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -12,6 +13,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
+# For TensorFlow in this process; the app's own scripts (run_app) start as a user's would,
+# quiet by default (devices.prepare_environment), unless the variable was set outside.
+OWN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
@@ -23,10 +27,25 @@ from config import PRESETS, RunOptions, override  # noqa: E402
 
 def run_app(script, *args, timeout=300, env=None):
     """Runs a top-level script of the app in a fresh Python; returns the CompletedProcess."""
-    full_env = {**os.environ, **(env or {})}
+    full_env = app_environment(env)
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=full_env,
                           cwd=ROOT)
+
+
+# A TensorFlow C++ log line: absl's (TF >= 2.16: "I0000 00:00:17... port.cc:153] ...", and
+# its "WARNING: All log messages before absl::InitializeLog()") or TF 2.10's
+# ("2026-01-01 10:00:00.123: I tensorflow/...").
+CPP_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d|"
+                     r"\d{4}-\d\d-\d\d [\d:.]+: [IWEF] )", re.M)
+
+
+def app_environment(env=None):
+    """This process's environment as a user's shell would have it, plus `env`."""
+    full_env = {**os.environ, **(env or {})}
+    if OWN_LOG_LEVEL and "TF_CPP_MIN_LOG_LEVEL" not in (env or {}):
+        del full_env["TF_CPP_MIN_LOG_LEVEL"]
+    return full_env
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,11 @@
 """benchmarks/: each benchmark runs on tiny settings and prints its figures (no timing is
 asserted: speed is measured, never tested)."""
+import gzip
+import json
 import math
 import re
 
+import numpy as np
 import pytest
 
 from conftest import run_app
@@ -48,3 +51,36 @@ def test_benchmark_runs_and_reports_the_ratios():
     assert math.isfinite(float(result.stdout.split("batched / per-image pipeline")[1]
                                .split("x")[0]))
 
+
+
+def write_idx(path, array):
+    """An MNIST-format file: 0, 0, dtype 8 (uint8), rank, then each size as 4 big-endian
+    bytes, then the bytes; gzipped as Fashion-MNIST ships."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(n).to_bytes(4, "big")
+                                                     for n in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.mark.slow
+def test_learning_check_keeps_its_data_so_the_kept_run_evaluates(tmp_path):
+    rng = np.random.default_rng(0)
+    fashion = tmp_path / "fashion"
+    fashion.mkdir()
+    for prefix, count in (("train", 120), ("t10k", 40)):
+        write_idx(fashion / f"{prefix}-images-idx3-ubyte.gz",
+                  rng.integers(0, 256, (count, 28, 28)))
+        write_idx(fashion / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, count))
+    run, data = tmp_path / "run", tmp_path / "data"
+    result = run_app("benchmarks/learning_check.py", "--fashion-dir", fashion,
+                     "--train-images", 120, "--test-images", 40, "--epochs", 1,
+                     "--keep", run, "--keep-data", data, "--", "--batch-size", 32,
+                     "--no-tensorboard")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"1 epochs: test top-1 [\d.]+% on 40 test images", result.stdout)
+    config = json.loads((run / "config.json").read_text())
+    assert config["experiment"]["batch_size"] == 32                 # passed through after --
+    assert config["run"]["data_dir"] == str(data / "fashion-as-cifar-10.tar.gz")
+    evaluated = run_app("evaluate.py", run)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert evaluated.stdout.splitlines()[-1] == "results.json: the same"

@@ -1,4 +1,5 @@
 """The loader on archives and folders with the official layout, and on bad ones."""
+import gzip
 import io
 import os
 import pickle
@@ -137,6 +138,42 @@ def test_missing_folder_and_empty_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         cifar_data.load("cifar10", str(tmp_path / "nope"))
     with pytest.raises(DataError, match="no cifar-10-python.tar.gz or cifar-10-batches-py/"):
+        cifar_data.load("cifar10", str(tmp_path))
+
+
+def test_a_folder_with_one_cifar_archive_under_another_name_uses_it(tmp_path, cifar10_files,
+                                                                   cifar100_files, capsys):
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    archives.write_tar(str(folder / "cifar10 (1).tgz"), cifar10_files[0])
+    archives.write_tar(str(folder / "c100.tar.gz"), cifar100_files[0])      # the other one
+    with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as handle:  # gzip, no tar
+        handle.write(b"\x00\x00\x08\x03" + bytes(600))
+    (folder / "notes.txt").write_text("x")
+    data = cifar_data.load("cifar10", str(folder))
+    check_matches(data, cifar10_files[1], label_names.CIFAR10)
+    assert "warning: cifar10 (1).tgz is not named cifar-10-python.tar.gz, so its checksum " \
+        "is not checked" in capsys.readouterr().out
+    assert len(cifar_data.load("cifar100", str(folder)).x_test) == len(cifar100_files[1]["test"][0])
+
+
+def test_several_candidate_archives_are_listed_in_one_line(tmp_path, cifar10_files):
+    archives.write_tar(str(tmp_path / "a.tar.gz"), cifar10_files[0])
+    archives.write_tar(str(tmp_path / "b.tgz"), cifar10_files[0])
+    (tmp_path / "c.tar.gz").write_bytes(b"\x1f\x8b\x08 broken")      # gzip, too broken to tell
+    with pytest.raises(DataError, match=r"holds no cifar-10-python.tar.gz but several archives "
+                                        r"that may be CIFAR-10: a.tar.gz, b.tgz, c.tar.gz; pass "
+                                        r"the one to use as --data-dir .*NAME$"):
+        cifar_data.load("cifar10", str(tmp_path))
+
+
+def test_a_folder_with_only_the_other_cifar_under_another_name_says_so(tmp_path,
+                                                                      cifar100_files):
+    archives.write_tar(str(tmp_path / "mine.tgz"), cifar100_files[0])
+    with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10"):
+        cifar_data.load("cifar10", str(tmp_path))
+    (tmp_path / "mine.tgz").unlink()
+    with pytest.raises(DataError, match="or pass the archive file itself as --data-dir"):
         cifar_data.load("cifar10", str(tmp_path))
 
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, run_app
+from conftest import CPP_LOG, ROOT, app_environment, run_app
 
 
 @pytest.mark.slow
@@ -52,3 +52,23 @@ sys.exit(cli.main("cifar10", ["--gpu", "1", "--list-devices"]))
                                               "CUDA_VISIBLE_DEVICES": "1"}
     assert "training would use: " in result.stdout
 
+
+
+@pytest.mark.slow
+def test_tensorflow_start_up_lines_are_hidden_unless_verbose():
+    """TF 2.21 prints oneDNN and CUDA notices (I0000 ...) and a failed cuInit (E0000 ...)
+    at start-up; TF 2.10 its oneDNN and DirectML notices. None by default; --verbose shows
+    them; the app's own lines stay."""
+    env = app_environment()
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)           # as a user's shell has it
+    command = [sys.executable, os.path.join(ROOT, "train_cifar10.py"), "--list-devices"]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "training would use: " in quiet.stdout
+    assert not CPP_LOG.search(quiet.stderr + quiet.stdout), quiet.stderr
+    assert "oneDNN" not in quiet.stderr and "cuInit" not in quiet.stderr
+    verbose = subprocess.run(command + ["--verbose"], capture_output=True, text=True, env=env,
+                             timeout=120)
+    assert verbose.returncode == 0, verbose.stderr
+    assert "training would use: " in verbose.stdout
+    assert CPP_LOG.search(verbose.stderr), verbose.stderr

@@ -48,3 +48,28 @@ def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch, cpu_only_ho
     else:
         assert warning.startswith("CUDA_VISIBLE_DEVICES=1 asks for a CUDA GPU")
 
+
+
+def test_directml_without_an_adapter_says_so_and_what_to_check(monkeypatch):
+    """On the DirectML stack with no usable adapter (this project's Linux machines: not WSL),
+    the banner and --list-devices say so even when no GPU was asked for."""
+    import sys
+    import cli
+    from config import PRESETS, RunOptions
+    if not devices.directml_plugin_installed():
+        pytest.skip("the DirectML stack's behaviour")
+    monkeypatch.delenv("DML_VISIBLE_DEVICES", raising=False)
+    device = devices.detect()
+    if device.kind != "CPU":
+        pytest.skip("DirectML found an adapter on this machine")
+    assert device.warning.startswith("DirectML found no compatible adapter; training on the "
+                                     "CPU. Check ")
+    assert "DML_VISIBLE_DEVICES (not set" in device.warning
+    if sys.platform != "win32":
+        assert devices.WSL_D3D12 in device.warning
+    assert "training on CPU (" in cli.banner(PRESETS["tiny"], RunOptions(), device)
+    assert "; DirectML found no adapter), XLA off" in cli.banner(PRESETS["tiny"], RunOptions(),
+                                                                 device)
+    listing = devices.list_devices().splitlines()
+    assert listing[-2].endswith("; DirectML found no adapter)")
+    assert listing[-1] == f"warning: {device.warning}"

@@ -94,3 +94,14 @@ def test_steps_per_execution_is_a_flag_and_must_be_positive():
     with pytest.raises(UsageError, match="--steps-per-execution must be a positive"):
         flags.parse_train_flags("cifar10", ["--steps-per-execution", "0"])
 
+
+
+def test_help_says_an_archive_itself_may_be_passed_and_preset_is_only_given_when_given():
+    help_text = " ".join(flags.build_train_parser("cifar10").format_help().split())
+    assert "or the archive file itself" in help_text and "--verbose" in help_text
+    args = flags.build_train_parser("cifar10").parse_args(["--epochs", "3"])
+    assert not hasattr(args, "preset") and not hasattr(args, "verbose")   # not given
+    assert flags.configs_from_args("cifar10", args)[0] == override(PRESETS["sample"], epochs=3)
+    assert flags.build_train_parser("cifar10").parse_args(["--preset", "tiny"]).preset == "tiny"
+    assert flags.verbose_requested(["run", "--verbose"])
+    assert not flags.verbose_requested(["run", "--", "--verbose"])

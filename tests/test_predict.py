@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import run_app
+from conftest import CPP_LOG, run_app
 import label_names
 import predict
 import run_dir
@@ -23,6 +23,7 @@ def test_predict_prints_top_k_classes_for_images_of_any_size(tiny_run, tmp_path)
         paths.append(str(tmp_path / name))
     result = run_app("predict.py", tiny_run[0], *paths, "--top-k", "3")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert not CPP_LOG.search(result.stderr), result.stderr       # a quiet start
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 3
     for path, line in zip(paths, lines):
@@ -65,6 +66,17 @@ def test_missing_weights_is_one_error_line_before_tensorflow_starts(run_copy):
         args = (run_copy, "x.png") if script == "predict.py" else (run_copy,)
         result = run_app(script, *args, timeout=60)
         assert result.returncode == 2, (script, result.stderr)
-        assert result.stderr == f"error: {run_copy} has no best.weights.h5: not a run " \
+        assert result.stderr == f"error: {run_copy} has no best.weights.npz: not a run " \
                                 "directory, or a run stopped before its first epoch ended\n"
+
+
+@pytest.mark.slow
+def test_a_file_given_as_the_run_directory_is_called_a_file(run_copy, tmp_path):
+    weights = os.path.join(run_copy, run_dir.BEST_WEIGHTS)
+    for script in ("predict.py", "evaluate.py", "visualize.py"):
+        args = (weights, "x.png") if script == "predict.py" else (weights,)
+        result = run_app(script, *args, timeout=60)
+        assert result.returncode == 2, (script, result.stderr)
+        assert result.stderr == f"error: {weights} is a file, not a run directory: pass the " \
+            f"folder that train_cifar10.py wrote (runs/...); its folder {run_copy} is one\n"
 

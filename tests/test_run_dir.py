@@ -1,14 +1,21 @@
-"""run_dir.py: atomic writes under faults, the checkpoint round trip, config.json."""
+"""run_dir.py: atomic writes under faults, portable weights and checkpoints (and those of
+earlier versions), resuming from a folder's config.json, the run lock, opening a run."""
+import dataclasses
 import errno
 import hashlib
+import json
 import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 
 import run_dir
-from run_dir import RunState
-from errors import RunStopped
+from config import PRESETS, RunOptions, override, to_json
+from run_dir import RunState, WeightsError
+from errors import RunStopped, UsageError
 
 
 @pytest.fixture
@@ -64,15 +71,291 @@ def test_a_write_that_fails_half_way_leaves_the_previous_checkpoint(tmp_path, ti
 
 
 def test_best_weights_survive_a_failing_save(tmp_path, tiny_model):
-    path = str(tmp_path / "best.weights.h5")
-    run_dir.atomic_save(path, tiny_model.save_weights)
+    path = str(tmp_path / "best.weights.npz")
+    run_dir.save_weights(tiny_model, path)
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
 
     def crash(temporary):
-        open(temporary, "wb").write(b"\x89HDF half")
+        open(temporary, "wb").write(b"PK half")
         raise OSError(errno.EIO, "Input/output error")
     with pytest.raises(RunStopped, match="Input/output error"):
         run_dir.atomic_save(path, crash)
     assert hashlib.sha256(open(path, "rb").read()).hexdigest() == digest
-    tiny_model.load_weights(path)
+    run_dir.load_weights(tiny_model, path)
 
+
+def model_of(**settings):
+    from vit_model import build_model
+    return build_model(override(PRESETS["tiny"], **settings))
+
+
+def test_weights_are_keyed_by_their_path_in_the_model(tmp_path, tiny_model):
+    path = str(tmp_path / "w.npz")
+    run_dir.save_weights(tiny_model, path)
+    with np.load(path) as saved:
+        keys = list(saved.files)
+    assert keys == [run_dir.weight_key(v) for v in tiny_model.weights]
+    assert "vit/block_0/attention/qkv/kernel" in keys and "vit/logits/bias" in keys
+    assert not any(":" in key for key in keys)            # Keras 2's ":0" is not part of it
+    fresh = model_of()
+    run_dir.load_weights(fresh, path)
+    for a, b in zip(fresh.get_weights(), tiny_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_weights_that_do_not_fit_say_which_and_damaged_only_when_unreadable(tmp_path,
+                                                                            tiny_model):
+    path = str(tmp_path / "w.npz")
+    run_dir.save_weights(tiny_model, path)
+    with pytest.raises(WeightsError) as deeper:
+        run_dir.load_weights(model_of(num_layers=3), path)
+    message = str(deeper.value)
+    assert "does not fit the model: weights 12 missing (vit/block_2/" in message
+    assert "damaged" not in message and "unexpected" not in message
+    with pytest.raises(WeightsError, match=r"12 unexpected \(vit/block_1/"):
+        run_dir.load_weights(model_of(num_layers=1), path)
+    with pytest.raises(WeightsError, match=r"weights 2 of another shape \(vit/logits/kernel is "
+                                           r"\(64, 10\) in the file, \(64, 100\) in the model; "
+                                           r"vit/logits/bias is \(10,\)"):
+        run_dir.load_weights(model_of(dataset="cifar100"), path)
+    open(path, "wb").write(b"PK\x03\x04 cut short")
+    with pytest.raises(WeightsError, match="w.npz is damaged"):
+        run_dir.load_weights(tiny_model, path)
+
+
+@pytest.mark.parametrize("name, policy", [("adam", "float32"), ("adamw", "float32"),
+                                          ("adam", "mixed_float16")])
+def test_optimizer_state_is_keyed_by_slot_and_weight_path(name, policy):
+    """Both stacks name Adam's moments differently (and under a loss-scale wrapper
+    differently again); the portable keys must cover every one, so that a checkpoint
+    resumes on the other stack, and with another precision, with its optimizer state."""
+    import tensorflow as tf
+    import optimization
+    tf.keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = model_of()
+        model.compile(optimizer=optimization.build_optimizer(
+            name, 1e-3, 0.01 * (name == "adamw"), None, model),
+            loss=optimization.loss_and_metrics(one_hot=False)[0])
+        run_dir.build_optimizer_slots(model.optimizer, model)
+    finally:
+        tf.keras.mixed_precision.set_global_policy("float32")
+    assert (policy == "mixed_float16") == hasattr(model.optimizer, "inner_optimizer")
+    keys = set(run_dir.optimizer_keys(model.optimizer, model))
+    paths = [run_dir.weight_key(v) for v in model.trainable_variables]
+    assert keys == {"optimizer/iterations"} | {f"optimizer/{slot}/{path}" for path in paths
+                                                for slot in ("m", "v")}
+
+
+def legacy_checkpoint(path, model, optimizer_arrays, state):
+    """A checkpoint as earlier versions wrote it: model_I and optimizer_I by position."""
+    arrays = {f"model_{i}": w for i, w in enumerate(model.get_weights())}
+    arrays.update({f"optimizer_{i}": a for i, a in enumerate(optimizer_arrays)})
+    arrays["state"] = np.frombuffer(state.to_json().encode(), np.uint8)
+    np.savez(path, **arrays)
+
+
+def test_a_checkpoint_of_an_earlier_version_still_loads(tmp_path, tiny_model):
+    import training
+    path = str(tmp_path / "checkpoint.npz")
+    saved = [np.asarray(v) for v in run_dir.optimizer_variables(tiny_model.optimizer)]
+    legacy_checkpoint(path, tiny_model, saved, RunState(epochs_done=4))
+    fresh = model_of()
+    training.compile_model(fresh, PRESETS["tiny"])
+    assert run_dir.load_checkpoint(path, fresh, fresh.optimizer).epochs_done == 4
+    for a, b in zip(fresh.get_weights(), tiny_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(run_dir.optimizer_variables(fresh.optimizer), saved):
+        np.testing.assert_array_equal(np.asarray(a), b)
+
+
+def test_optimizer_state_that_does_not_fit_resumes_with_weights_and_one_warning(
+        tmp_path, tiny_model, capsys):
+    """An earlier version's checkpoint from the other stack lists the optimizer's variables
+    in that stack's order (Keras 3: step, rate, m0, v0, m1, ...; Keras 2.10: step, m0, m1,
+    ..., v0, v1, ...): the weights and the step count are restored, the moments start at 0."""
+    import training
+    moments = [np.full(tuple(v.shape), 0.5, np.float32) for v in tiny_model.trainable_variables]
+    keras_3 = [np.int64(7), np.float32(1e-3)] + [m for pair in zip(moments, moments) for m in pair]
+    keras_2 = [np.int64(7)] + moments + moments
+    here = len(run_dir.optimizer_variables(tiny_model.optimizer))
+    other_order = keras_2 if here == len(keras_3) else keras_3
+    path = str(tmp_path / "checkpoint.npz")
+    legacy_checkpoint(path, tiny_model, other_order, RunState(epochs_done=2))
+    fresh = model_of()
+    training.compile_model(fresh, PRESETS["tiny"])
+    assert run_dir.load_checkpoint(path, fresh, fresh.optimizer).epochs_done == 2
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and printed.startswith("warning: the optimizer state in")
+    assert "resuming with the saved weights and step count and fresh Adam moments" in printed
+    assert int(np.asarray(fresh.optimizer.iterations)) == 7
+    for a, b in zip(fresh.get_weights(), tiny_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    slots = run_dir.optimizer_keys(fresh.optimizer, fresh)
+    assert all(not np.asarray(v).any() for k, v in slots.items() if k != "optimizer/iterations")
+
+
+def test_a_damaged_checkpoint_says_damaged_and_one_of_another_model_says_which(
+        tmp_path, tiny_model):
+    import training
+    path = str(tmp_path / "checkpoint.npz")
+    run_dir.save_checkpoint(path, tiny_model, tiny_model.optimizer, RunState(epochs_done=1))
+    other = model_of(embedding_dim=16)
+    training.compile_model(other, PRESETS["tiny"])
+    with pytest.raises(WeightsError, match=r"checkpoint.npz does not fit the model: weights "
+                                           r"\d+ of another shape \(vit/patch_proj/kernel"):
+        run_dir.load_checkpoint(path, other, other.optimizer)
+    open(path, "wb").write(b"not a zip")
+    with pytest.raises(WeightsError, match="checkpoint.npz is damaged"):
+        run_dir.load_checkpoint(path, tiny_model, tiny_model.optimizer)
+
+
+def test_best_weights_of_an_earlier_version_open_and_convert(tmp_path, tiny_model):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(to_json(PRESETS["tiny"], RunOptions())))
+    tiny_model.save_weights(str(folder / run_dir.LEGACY_BEST_WEIGHTS))   # Keras's own format
+    run = run_dir.open_run(str(folder))
+    opened = model_of()
+    run_dir.load_best_weights(run, opened)
+    for a, b in zip(opened.get_weights(), tiny_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    other = model_of()
+    before = other.get_weights()
+    run_dir.convert_legacy_best_weights(str(folder), other)
+    assert sorted(os.listdir(folder)) == ["best.weights.npz", "config.json"]
+    for a, b in zip(other.get_weights(), before):                # the model is left as it was
+        np.testing.assert_array_equal(a, b)
+    run_dir.load_best_weights(run_dir.open_run(str(folder)), other)
+    for a, b in zip(other.get_weights(), tiny_model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    legacy = str(tmp_path / "old.weights.h5")
+    tiny_model.save_weights(legacy)
+    with pytest.raises(WeightsError, match=r"old.weights.h5 does not fit the model \("):
+        run_dir.load_weights(model_of(num_layers=3), legacy)
+    open(legacy, "wb").write(b"\x89HDF cut short")
+    with pytest.raises(WeightsError, match=r"old.weights.h5 is damaged \(not an HDF5 file\)"):
+        run_dir.load_weights(tiny_model, legacy)
+
+
+# --- resuming from the folder's settings (no TensorFlow) -------------------------------------
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A folder whose config.json holds a tiny run with --batch-size 32 on an archive."""
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(b"")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    config = override(PRESETS["tiny"], batch_size=32, epochs=2)
+    options = RunOptions(data_dir=str(archive), output_dir=str(folder), tensorboard=False)
+    (folder / "config.json").write_text(json.dumps(to_json(config, options)))
+    return str(folder), config, options
+
+
+def test_a_folder_with_config_json_resumes_with_its_settings_and_the_flags_on_top(saved_run):
+    folder, config, options = saved_run
+    assert run_dir.resume_settings("cifar10", folder, {}) == (config, options)
+    resumed, resumed_options = run_dir.resume_settings(
+        "cifar10", folder, {"epochs": 5, "learning_rate": 1e-4, "gpu": 1, "xla": "off"})
+    assert resumed == dataclasses.replace(config, epochs=5, learning_rate=1e-4)
+    assert resumed_options == dataclasses.replace(options, gpu=1, xla="off")
+    # the preset that made it, with the same flags, is accepted and changes nothing
+    assert run_dir.resume_settings("cifar10", folder, {"batch_size": 32}, "tiny") == \
+        (config, options)
+    assert run_dir.resume_settings("cifar10", os.path.dirname(folder), {}) is None
+    assert run_dir.resume_settings("cifar10", None, {}) is None
+
+
+def test_changes_that_would_make_another_run_are_listed_all_at_once(saved_run):
+    folder, _, _ = saved_run
+    before = open(os.path.join(folder, "config.json")).read()
+    with pytest.raises(UsageError, match=r"holds a run with --patch-size 8, not 16, "
+                                         r"--num-layers 2, not 3, --flip True, not False; "
+                                         r"leave those flags out .* --restart"):
+        run_dir.resume_settings("cifar10", folder, {"num_layers": 3, "patch_size": 16,
+                                                    "flip": False, "epochs": 9})
+    with pytest.raises(UsageError, match=r"--batch-size 32, not 128"):
+        run_dir.resume_settings("cifar10", folder, {}, "tiny")           # tiny's own 128
+    with pytest.raises(UsageError, match="holds a CIFAR-10 run; resume it with "
+                                         "train_cifar10.py"):
+        run_dir.resume_settings("cifar100", folder, {})
+    assert open(os.path.join(folder, "config.json")).read() == before
+
+
+def test_data_that_moved_and_a_config_json_of_another_version_are_one_line(saved_run):
+    folder, _, options = saved_run
+    os.remove(options.data_dir)
+    with pytest.raises(UsageError, match=r"the run's data, --data-dir .*data.tar.gz \(in "
+                                         r".*config.json\), is not there; pass --data-dir"):
+        run_dir.resume_settings("cifar10", folder, {})
+    assert run_dir.resume_settings("cifar10", folder, {"data_dir": "elsewhere"})[1].data_dir \
+        == "elsewhere"
+    run = run_dir.SavedRun(folder, *run_dir.read_config(folder), [])
+    with pytest.raises(UsageError, match=r"the run read its data from .*data.tar.gz \(its "
+                                         r"config.json\), which is not there now; pass "
+                                         r"--data-dir"):
+        run.data_dir(None)
+    assert run.data_dir("mine") == "mine"
+    values = json.load(open(os.path.join(folder, "config.json")))
+    values["experiment"]["warp"] = 9
+    json.dump(values, open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(UsageError, match="config.json has unknown keys warp"):
+        run_dir.resume_settings("cifar10", folder, {"data_dir": "elsewhere"})
+
+
+# --- the lock ------------------------------------------------------------------------------
+
+def test_a_second_lock_on_a_run_directory_is_refused_naming_the_holder(tmp_path):
+    folder = str(tmp_path / "run")
+    with run_dir.RunLock(folder):
+        with pytest.raises(UsageError, match=rf"run is being trained by process "
+                                             rf"{os.getpid()} \(it holds .*training.lock\)"):
+            run_dir.RunLock(folder).acquire()
+    with run_dir.RunLock(folder):              # released: it can be taken again
+        pass
+    with pytest.raises(UsageError, match="is a file; pass a folder"):
+        run_dir.RunLock(str(tmp_path / "run" / "training.lock")).acquire()
+
+
+@pytest.mark.slow
+def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path):
+    folder = str(tmp_path / "run")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
+         "import run_dir; run_dir.RunLock(sys.argv[2]).acquire(); print('held', flush=True); "
+         "time.sleep(300)", os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+         folder], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UsageError, match=f"process {holder.pid} "):
+            run_dir.RunLock(folder).acquire()
+    finally:
+        holder.kill()                                   # SIGKILL: no clean-up runs
+        holder.wait()
+    deadline = time.time() + 10
+    lock = run_dir.RunLock(folder)
+    while True:
+        try:
+            lock.acquire()
+            break
+        except UsageError:
+            assert time.time() < deadline
+            time.sleep(0.05)
+    lock.release()
+
+
+# --- opening a run -------------------------------------------------------------------------
+
+def test_opening_a_file_as_a_run_directory_says_it_is_a_file(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(to_json(PRESETS["tiny"], RunOptions())))
+    (folder / "best.weights.npz").write_bytes(b"")
+    with pytest.raises(UsageError, match=r"best.weights.npz is a file, not a run directory: "
+                                         r"pass the folder .*; its folder .*run is one"):
+        run_dir.open_run(str(folder / "best.weights.npz"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(UsageError, match=r"notes.txt is a file, not a run directory: pass the "
+                                         r"folder that train_cifar10.py wrote \(runs/...\)$"):
+        run_dir.open_run(str(tmp_path / "notes.txt"))
