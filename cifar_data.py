@@ -125,8 +125,7 @@ def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
     for other in SPECS.values():
         if other is not spec and (os.path.exists(os.path.join(data_dir, other.archive))
                                   or os.path.isdir(os.path.join(data_dir, other.folder))):
-            raise DataError(f"{data_dir} holds {other.display_name}, not {spec.display_name}; "
-                            f"put {spec.archive} there, or train on {other.display_name}")
+            raise _wrong_dataset(data_dir, other, spec)
     found = archives_in(data_dir)
     mine = [path for path, folder in found.items() if folder in (spec.folder, None)]
     if len(mine) == 1:
@@ -135,10 +134,9 @@ def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
         raise DataError(f"{data_dir} holds no {spec.archive} but several archives that may be "
                         f"{spec.display_name}: {', '.join(sorted(map(os.path.basename, mine)))}; "
                         f"pass the one to use as --data-dir {os.path.join(data_dir, 'NAME')}")
-    others = [o.display_name for o in SPECS.values() if o.folder in found.values()]
+    others = [o for o in SPECS.values() if o.folder in found.values()]
     if others:
-        raise DataError(f"{data_dir} holds {others[0]}, not {spec.display_name}; put "
-                        f"{spec.archive} there, or train on {others[0]}")
+        raise _wrong_dataset(data_dir, others[0], spec)
     raise DataError(f"no {spec.archive} or {spec.folder}/ in {data_dir}; download "
                     f"{spec.archive} from {DOWNLOAD_PAGE} into that folder, or pass the "
                     "archive file itself as --data-dir")
@@ -193,9 +191,7 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
             raise DataError(f"{path} is not the official {spec.archive} (SHA-256 {digest[:12]}... "
                             f"differs; a broken or partial download?); download it again")
     elif name in {other.archive for other in SPECS.values()}:
-        other = next(o for o in SPECS.values() if o.archive == name)
-        raise DataError(f"{path} is {other.display_name}, not {spec.display_name}; pass "
-                        f"{spec.archive}, or train on {other.display_name}")
+        raise _wrong_dataset(path, next(o for o in SPECS.values() if o.archive == name), spec)
     else:
         print(f"warning: {name} is not named {spec.archive}, so its checksum is not checked")
     try:
@@ -219,7 +215,7 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
             for wanted in spec.train_files + spec.test_files + (spec.meta_file,):
                 key = f"{spec.folder}/{wanted}"
                 if key not in members or not members[key].isfile():
-                    raise DataError(_missing_member_message(spec, path, key, members))
+                    raise _missing_member_error(spec, path, key, members)
                 contents[wanted] = tar.extractfile(members[key]).read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as error:  # gzip's BadGzipFile too
         raise DataError(f"{path} is truncated or not a gzip tar archive ({error}); "
@@ -227,12 +223,19 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
     return _assemble(spec, contents.__getitem__, path)
 
 
-def _missing_member_message(spec, path, key, members) -> str:
+def _missing_member_error(spec, path, key, members) -> DataError:
     for other in SPECS.values():
         if other is not spec and any(m.startswith(other.folder + "/") for m in members):
-            return (f"{path} is a {other.display_name} archive, not {spec.display_name}; pass "
-                    f"{spec.archive}, or train on {other.display_name}")
-    return f"{path} has no {key}: not a {spec.display_name} archive; download {spec.archive} again"
+            return _wrong_dataset(path, other, spec)
+    return DataError(f"{path} has no {key}: not a {spec.display_name} archive; download "
+                     f"{spec.archive} again")
+
+
+def _wrong_dataset(where: str, other: ArchiveSpec, spec: ArchiveSpec) -> DataError:
+    """The one message for the other CIFAR found where `spec`'s data were looked for."""
+    return DataError(f"{where} holds {other.display_name}, not {spec.display_name}; pass "
+                     f"{spec.archive} (or its folder), or train on {other.display_name} "
+                     f"with train_{other.display_name.lower().replace('-', '')}.py")
 
 
 def _sha256(path: str) -> str:

@@ -90,7 +90,7 @@ def test_a_crafted_pickle_is_refused_without_running(tmp_path, cifar10_files):
 
 def test_wrong_dataset_archive_is_named(tmp_path, cifar100_files):
     path = archives.write_tar(str(tmp_path / "mine.tar.gz"), cifar100_files[0])
-    with pytest.raises(DataError, match="is a CIFAR-100 archive, not CIFAR-10"):
+    with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10; pass cifar-10-python.tar.gz .or its folder., or train on CIFAR-100 with train_cifar100.py"):
         cifar_data.load("cifar10", path)
     archives.write_folder(str(tmp_path / "dir"), cifar100_files[0])
     with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10"):
@@ -269,7 +269,7 @@ def malformed(kind, tmp_path, files, marker):
     ("path outside", "outside its folder"),
     ("absolute path", "outside its folder"),
     ("symlink", "outside its folder"),
-    ("other CIFAR", "is a CIFAR-100 archive, not CIFAR-10"),
+    ("other CIFAR", "holds CIFAR-100, not CIFAR-10; pass cifar-10-python.tar.gz .or its folder., or train on CIFAR-100 with train_cifar100.py"),
     ("pickle imports eval", r"not plain CIFAR data .*(__builtin__|builtins)\.eval"),
     ("wrong shape", r"data should be uint8 of shape \(N, 3072\)"),
     ("wrong dtype", "data should be uint8"),
