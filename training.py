@@ -371,7 +371,7 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
             saving_started = time.perf_counter()
             run_dir.save_checkpoint(os.path.join(scratch, run_dir.CHECKPOINT), model,
                                     optimizer, RunState())
-            run_dir.atomic_save(os.path.join(scratch, run_dir.BEST_WEIGHTS), model.save_weights)
+            run_dir.save_weights(model, os.path.join(scratch, run_dir.BEST_WEIGHTS))
             saving = time.perf_counter() - saving_started
 
     model.set_weights(weights)
