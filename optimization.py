@@ -1,7 +1,8 @@
 """The training recipe's optimisation pieces: learning-rate schedule, optimizer, loss, metrics.
 
 Works on both stacks: Keras 3 (tf.keras on TF >= 2.16) and Keras 2.10 (TF 2.10 + DirectML).
-Imports TensorFlow only (of the project, nothing), so training.py can use it without cycles.
+Imports TensorFlow and, of the project, only devices (for the Keras version), so training.py
+can use it without cycles.
 
 How it is meant to be called (training.compile_model, on a built model)::
 
@@ -43,8 +44,10 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
+import devices
+
 keras = tf.keras
-KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+KERAS_3 = devices.keras_major() >= 3       # tf-keras's tf.keras has no __version__
 register = keras.utils.register_keras_serializable(package="vit")
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 

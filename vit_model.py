@@ -21,10 +21,11 @@ import math
 
 import tensorflow as tf
 
+import devices
 from config import IMAGE_SIZE, patch_grid_side
 
 keras = tf.keras
-KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+KERAS_3 = devices.keras_major() >= 3       # tf-keras's tf.keras has no __version__
 register = keras.utils.register_keras_serializable(package="vit")
 
 
