@@ -6,28 +6,60 @@ imported, so `prepare_environment` must run first; it refuses to run after the i
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 from errors import UsageError
 
 GPU_VARIABLES = ("DML_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 
-def prepare_environment(gpu: Optional[int]) -> None:
-    """Select the GPU and quieten TensorFlow's C++ start-up logs; call before importing TF."""
+def prepare_environment(gpu: Optional[str], distribute: str = "none") -> None:
+    """Select the GPUs (--gpu: "1" or "0,1"), pick the Keras that --distribute needs and
+    quieten TensorFlow's C++ start-up logs; call before importing TF."""
     if "tensorflow" in sys.modules:
         raise RuntimeError("prepare_environment() must run before TensorFlow is imported")
-    if gpu is not None:
-        for name in GPU_VARIABLES:
-            os.environ[name] = str(gpu)
-    # Keras 3 could otherwise pick another backend from the user's environment.
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ.update(environment_variables(gpu, distribute))
     # Hide the INFO/WARNING flood (oneDNN notes, plugin probing); errors still show.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def environment_variables(gpu: Optional[str], distribute: str) -> Dict[str, str]:
+    """The variables prepare_environment sets, or UsageError (one line) for what this stack
+    cannot do, found before TensorFlow's slow start:
+    - --gpu: DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES; tensorflow-directml-plugin drives
+      one adapter only (microsoft/tensorflow-directml-plugin#258), so a list is refused there.
+    - KERAS_BACKEND=tensorflow: Keras 3 could otherwise pick another backend.
+    - --distribute multi-worker: Keras 3's model.fit does not run under
+      MultiWorkerMirroredStrategy (keras-team/keras#20585), Keras 2's does. TF 2.10's own
+      Keras is Keras 2; on TF >= 2.16, TF_USE_LEGACY_KERAS=1 makes tf.keras the tf-keras
+      package (requirements-multiworker.txt), refused if it is not installed."""
+    values = {"KERAS_BACKEND": "tensorflow"}
+    if gpu is not None:
+        if "," in gpu and directml_plugin_installed():
+            raise UsageError(f"--gpu {gpu}: tensorflow-directml-plugin drives one adapter; "
+                             "pick it with --gpu N")
+        values.update({name: gpu for name in GPU_VARIABLES})
+    if distribute == "multi-worker" and keras_3_installed():
+        if importlib.util.find_spec("tf_keras") is None:
+            raise UsageError("--distribute multi-worker needs Keras 2 (Keras 3's fit does not "
+                             "run multi-worker); install tf-keras: pip install -r "
+                             "requirements-multiworker.txt")
+        values["TF_USE_LEGACY_KERAS"] = "1"
+    return values
+
+
+def keras_3_installed() -> bool:
+    """Whether the installed keras package is Keras 3 (TF >= 2.16's tf.keras unless
+    TF_USE_LEGACY_KERAS=1); read from the package metadata, without importing anything."""
+    try:
+        return int(importlib.metadata.version("keras").split(".")[0]) >= 3
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def directml_plugin_installed() -> bool:
