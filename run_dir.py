@@ -44,6 +44,7 @@ import numpy as np
 import label_names
 from config import RunOptions, TrainConfig, differences_that_block_resume, flag_name, from_json, \
     to_json
+from devices import keras_3_installed
 from errors import RunStopped, UsageError, first_line
 
 CONFIG = "config.json"
@@ -151,18 +152,30 @@ def build_optimizer_slots(optimizer, model) -> None:
     """Creates the optimizer's variables (they are made at the first update otherwise) by
     applying zero gradients, and leaves the weights as they were: Adam moves none then, but
     AdamW's decoupled decay would (w -= lr * wd * w), so they are put back. The optimizer's
-    values are restored next."""
+    values are restored next. In a tf.distribute strategy's scope the update runs on every
+    replica (Keras 2's optimizers refuse it outside them); on several workers, all must
+    call this together."""
     import tensorflow as tf
     variables = model.trainable_variables
     values = [tf.identity(v) for v in variables]
-    optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables], variables))
+
+    def apply():
+        optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables], variables))
+
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        tf.distribute.get_strategy().run(apply)  # in a strategy's scope: on every replica
+    else:
+        apply()
     for variable, value in zip(variables, values):
         variable.assign(value)
 
 
 def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
+    import tensorflow as tf
     arrays = {f"model_{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"optimizer_{i}": np.asarray(v)
+    # through a tensor: Keras 2's variables of a tf.distribute strategy (MirroredVariable)
+    # have no numpy conversion of their own
+    arrays.update({f"optimizer_{i}": np.asarray(tf.convert_to_tensor(v))
                    for i, v in enumerate(optimizer_variables(optimizer))})
     arrays["state"] = np.frombuffer(state.to_json().encode("utf-8"), dtype=np.uint8)
 
@@ -326,5 +339,9 @@ def load_best_weights(run: SavedRun, model) -> None:
     try:
         model.load_weights(run.file(BEST_WEIGHTS))
     except (OSError, ValueError) as error:
+        # tf-keras and Keras 3 lay out .weights.h5 files differently
+        hint = ("; it was trained --distribute multi-worker, with tf-keras: open it with "
+                "TF_USE_LEGACY_KERAS=1 set" if run.options.distribute == "multi-worker" and
+                os.environ.get("TF_USE_LEGACY_KERAS") != "1" and keras_3_installed() else "")
         raise UsageError(f"{run.file(BEST_WEIGHTS)} is damaged or does not fit the model in "
-                         f"{CONFIG} ({first_line(error)})") from None
+                         f"{CONFIG} ({first_line(error)}){hint}") from None

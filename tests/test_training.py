@@ -276,3 +276,20 @@ def test_optional_speed_settings_train_to_the_same_loss(setting):
     for got, expected in zip(weights, reference_weights):
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=2e-5)
 
+
+
+def test_a_tensorflow_op_error_is_cut_to_the_line_that_says_what_happened():
+    """The two forms measured when a worker died: TF 2.10's graph error (a 'Node:' line
+    before the cause) and an eager op's '{{function_node ...}}' prefix on TF 2.21."""
+    graph = tf.errors.UnavailableError(None, None, (
+        "Graph execution error:\n\nDetected at node 'Adam/CollectiveReduceV2' defined at (most "
+        "recent call last):\n    File \"train.py\", line 32, in <module>\n      model.fit()\n"
+        "Node: 'Adam/CollectiveReduceV2'\nCollective ops is aborted by: failed to connect to "
+        "all addresses\nAdditional GRPC error information\n\t [[{{node x}}]]"))
+    assert training.tensorflow_cause(graph) == ("Collective ops is aborted by: failed to "
+                                                "connect to all addresses")
+    eager = tf.errors.UnavailableError(None, None, (
+        "{{function_node __wrapped__CollectiveBcastSend_device_/job:worker/replica:0/task:0/"
+        "device:CPU:0}} Collective ops is aborted by: task 1 is down [Op:CollectiveBcastSend]"))
+    assert training.tensorflow_cause(eager) == ("Collective ops is aborted by: task 1 is down "
+                                                "[Op:CollectiveBcastSend]")
