@@ -1,8 +1,9 @@
 """The start-up order of the training command and of the tools built on its flags.
 
 Order matters: flags are parsed and checked with no TensorFlow loaded (a bad flag fails in
-well under a second), then the GPU variables are set, then TensorFlow is imported (by
-devices.detect and by training, which is imported only then, for that reason).
+well under a second), then the GPU and Keras variables are set, then TensorFlow is imported
+(by devices.detect and by training, which is imported only then, for that reason), then the
+tf.distribute strategy is created, before TensorFlow does anything else.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import argparse
 from typing import Callable, List, Optional, Tuple
 
 import devices
+import distribution
 import run_dir
 from config import RunOptions, TrainConfig
 from errors import entry_point
@@ -35,18 +37,24 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     message)."""
     args = build_train_parser(dataset).parse_args(argv)
     config, options = train_settings(dataset, args)
-    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
+    devices.prepare_environment(options.gpu, options.distribute,
+                                verbose=getattr(args, "verbose", False))
+    if options.distribute == "multi-worker":
+        distribution.read_tf_config()                  # a bad TF_CONFIG fails before TF
     if getattr(args, "list_devices", False):
         print(devices.list_devices())
         return 0
     device = devices.detect()
-    print(banner(config, options, device))
-    if device.warning:
-        print(f"warning: {device.warning}")
+    cluster = distribution.create(options, device)    # before any other TensorFlow work
+    print(banner(config, options, device, cluster))
+    for warning in (device.warning, distribution.warning(options)):
+        if warning:
+            print(f"warning: {warning}")
     import cifar_data
     import training
     data = cifar_data.load(config.dataset, options.data_dir)
-    training.run(config, options, data, device, restart=getattr(args, "restart", False))
+    training.run(config, options, data, device, restart=getattr(args, "restart", False),
+                 cluster=cluster)
     return 0
 
 
@@ -62,13 +70,16 @@ def train_settings(dataset: str, args: argparse.Namespace) -> Tuple[TrainConfig,
     return configs_from_args(dataset, args)
 
 
-def banner(config: TrainConfig, options: RunOptions, device: devices.Device) -> str:
+def banner(config: TrainConfig, options: RunOptions, device: devices.Device,
+           plan: "distribution.Plan | None" = None) -> str:
     v = devices.versions()
     xla = "on" if devices.use_xla(options.xla, device) else "off"
     precision = ("mixed float16" if devices.use_mixed_precision(options.mixed_precision, device)
                  else "float32")
     budget = (f" | time budget {config.time_budget:g} min (epochs set by timing the first "
               "steps)" if config.time_budget else "")
+    plan = plan or distribution.single_device()
     return (f"ViT on {config.display_name} | TensorFlow {v['tensorflow_version']}, Keras "
             f"{v['keras_version']}, Python {v['python_version']} | training on "
-            f"{device.describe()}, XLA {xla}, {precision}{budget}")
+            f"{device.describe()}, XLA {xla}, {precision} | {plan.describe(config.batch_size)}"
+            f"{budget}")

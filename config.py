@@ -4,8 +4,9 @@ A run has two parts, kept apart so that resuming compares only what decides the 
   TrainConfig   the experiment: data split, model, optimisation, augmentation (one nested
                 `Augmentation`), seed. Changing any of it makes a different run, except the
                 few fields marked resumable (epochs, learning rate, patience, early stopping).
-  RunOptions    how this machine runs it: paths, GPU, XLA, precision, steps per execution,
-                TensorBoard. Any of it may change when a run is resumed.
+  RunOptions    how this machine runs it: paths, GPUs, distribution strategy, XLA,
+                precision, steps per execution, TensorBoard. Any of it may change when a
+                run is resumed.
 Every field of both is a command-line flag, --field-name (flags.py generates them), and
 config.json stores both (`to_json` / `from_json`; files of earlier versions still load).
 
@@ -107,6 +108,7 @@ POOLINGS = ("class_token", "mean")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("plateau", "cosine")
 CONFIG_FORMAT = 2        # config.json: 1 = one flat dict (before RunOptions existed)
+DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 
 
 def patch_grid_side(image_size: int, patch_size: int, patch_stride: int) -> int:
@@ -351,9 +353,16 @@ class RunOptions:
     output_dir: Optional[str] = field(default=None, metadata=_flag(
         "run directory for the checkpoint, metrics and results (default: runs/DATASET-TIME); "
         "rerunning with an existing one resumes it"))
-    gpu: Optional[int] = field(default=None, metadata=_flag(
-        "index of the GPU to train on; sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES "
-        "before TensorFlow starts (default: the variables as set, else the first GPU)"))
+    gpu: Optional[str] = field(default=None, metadata=_flag(
+        "GPU index, or indices separated by commas (0,1) to train on several (--distribute "
+        "auto or mirrored); sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES before "
+        "TensorFlow starts (default: the variables as set, else every GPU; --distribute "
+        "none trains on the first)"))
+    distribute: str = field(default="auto", metadata=_flag(
+        "tf.distribute strategy: auto (mirrored when TensorFlow sees more than one CUDA GPU, "
+        "else none), none (one device), mirrored (every visible GPU of this machine), "
+        "multi-worker (several machines, from the TF_CONFIG variable; needs Keras 2: "
+        "TF 2.10, or requirements-multiworker.txt)", choices=DISTRIBUTE_CHOICES))
     steps_per_execution: int = field(default=1, metadata=_flag(
         "training steps run per call into TensorFlow (model.compile's steps_per_execution): "
         "less Python work per step; the progress bar and batch callbacks update this often"))
@@ -367,10 +376,30 @@ class RunOptions:
     tensorboard: bool = field(default=True, metadata=_flag(
         "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)"))
 
+    def __post_init__(self):
+        # config.json files written before --gpu took a list hold an int (or null); "0, 1"
+        # is kept as "0,1", the form the GPU variables take.
+        if self.gpu is not None:
+            object.__setattr__(self, "gpu", str(self.gpu).replace(" ", ""))
+
+    @property
+    def gpu_indices(self) -> Tuple[int, ...]:
+        """The GPUs --gpu names, in its order; () when not given. Call after validate()."""
+        if self.gpu is None:
+            return ()
+        return tuple(int(index) for index in self.gpu.split(","))
+
     def validate(self) -> "RunOptions":
         _check_positive(self, "steps_per_execution")
-        if self.gpu is not None and self.gpu < 0:
-            raise UsageError(f"--gpu must be 0 or more, got {self.gpu}")
+        if self.gpu is not None:
+            indices = self.gpu.split(",")
+            if not all(index.isdigit() for index in indices) or \
+                    len(set(map(int, indices))) != len(indices):
+                raise UsageError(f"--gpu must be a GPU index 0 or more, or distinct indices "
+                                 f"separated by commas (0,1), got {self.gpu}")
+        if self.distribute not in DISTRIBUTE_CHOICES:
+            raise UsageError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, "
+                             f"got {self.distribute}")
         return self
 
 
@@ -430,9 +459,10 @@ def to_json(config: TrainConfig, options: RunOptions) -> dict:
 
 def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, RunOptions]:
     """The (TrainConfig, RunOptions) of a config.json's contents; raises UsageError naming
-    every unknown key, or every missing one of a current-format file. Files of format 1
-    (one flat dict) may lack settings added since: they get the defaults, which reproduce
-    what those versions did."""
+    every unknown key, or every missing experiment setting of a current-format file. Files
+    of format 1 (one flat dict) may lack settings added since, and any file run options
+    added since: they get the defaults, which reproduce what those versions did. An int
+    "gpu" (before --gpu took a list) loads as that index."""
     if not isinstance(values, dict):
         raise UsageError(f"{where} is not a JSON object")
     run_names = {f.name for f in dataclasses.fields(RunOptions)}
@@ -451,7 +481,9 @@ def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, Ru
         unknown, required = [], False
     leaf = {f.name for f in leaf_fields()}
     unknown = sorted(set(unknown) | (set(experiment) - leaf) | (set(run) - run_names))
-    missing = sorted((leaf - set(experiment)) | (run_names - set(run))) if required else []
+    # Run options added since a file was written (--distribute) get their defaults: any run
+    # option may change when a run resumes. A missing experiment setting is an error.
+    missing = sorted(leaf - set(experiment)) if required else []
     if unknown or missing:
         said = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + \
                ([f"missing keys {', '.join(missing)}"] if missing else [])

@@ -13,15 +13,17 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 from errors import UsageError
 
 GPU_VARIABLES = ("DML_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
 
-def prepare_environment(gpu: Optional[int], verbose: bool = False) -> None:
-    """Select the GPU and quieten TensorFlow's C++ start-up logs; call before importing TF.
+def prepare_environment(gpu: Optional[str], distribute: str = "none",
+                        verbose: bool = False) -> None:
+    """Select the GPUs (--gpu: "1" or "0,1"), pick the Keras that --distribute needs, and
+    quieten TensorFlow's C++ start-up logs; call before importing TF.
 
     Quiet (the default, unless the user set TF_CPP_MIN_LOG_LEVEL): TF_CPP_MIN_LOG_LEVEL=3
     hides TensorFlow's C++ info, warning and error lines (on a CPU, TF 2.21 logs as errors
@@ -33,11 +35,7 @@ def prepare_environment(gpu: Optional[int], verbose: bool = False) -> None:
     TF_ENABLE_ONEDNN_OPTS is left alone: it changes the numerics."""
     if "tensorflow" in sys.modules:
         raise RuntimeError("prepare_environment() must run before TensorFlow is imported")
-    if gpu is not None:
-        for name in GPU_VARIABLES:
-            os.environ[name] = str(gpu)
-    # Keras 3 could otherwise pick another backend from the user's environment.
-    os.environ["KERAS_BACKEND"] = "tensorflow"
+    os.environ.update(environment_variables(gpu, distribute))
     if not verbose and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         if not any(isinstance(finder, _QuietStart) for finder in sys.meta_path):
@@ -88,6 +86,40 @@ class _QuietLoader(importlib.abc.Loader):
         with _stderr_discarded():
             self.loader.exec_module(module)
             module.config.list_physical_devices()
+
+
+def environment_variables(gpu: Optional[str], distribute: str) -> Dict[str, str]:
+    """The variables prepare_environment sets, or UsageError (one line) for what this stack
+    cannot do, found before TensorFlow's slow start:
+    - --gpu: DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES; tensorflow-directml-plugin drives
+      one adapter only (microsoft/tensorflow-directml-plugin#258), so a list is refused there.
+    - KERAS_BACKEND=tensorflow: Keras 3 could otherwise pick another backend.
+    - --distribute multi-worker: Keras 3's model.fit does not run under
+      MultiWorkerMirroredStrategy (keras-team/keras#20585), Keras 2's does. TF 2.10's own
+      Keras is Keras 2; on TF >= 2.16, TF_USE_LEGACY_KERAS=1 makes tf.keras the tf-keras
+      package (requirements-multiworker.txt), refused if it is not installed."""
+    values = {"KERAS_BACKEND": "tensorflow"}
+    if gpu is not None:
+        if "," in gpu and directml_plugin_installed():
+            raise UsageError(f"--gpu {gpu}: tensorflow-directml-plugin drives one adapter; "
+                             "pick it with --gpu N")
+        values.update({name: gpu for name in GPU_VARIABLES})
+    if distribute == "multi-worker" and keras_3_installed():
+        if importlib.util.find_spec("tf_keras") is None:
+            raise UsageError("--distribute multi-worker needs Keras 2 (Keras 3's fit does not "
+                             "run multi-worker); install tf-keras: pip install -r "
+                             "requirements-multiworker.txt")
+        values["TF_USE_LEGACY_KERAS"] = "1"
+    return values
+
+
+def keras_3_installed() -> bool:
+    """Whether the installed keras package is Keras 3 (TF >= 2.16's tf.keras unless
+    TF_USE_LEGACY_KERAS=1); read from the package metadata, without importing anything."""
+    try:
+        return int(importlib.metadata.version("keras").split(".")[0]) >= 3
+    except importlib.metadata.PackageNotFoundError:
+        return False
 
 
 def directml_plugin_installed() -> bool:
@@ -189,10 +221,25 @@ def use_mixed_precision(setting: str, device: Device) -> bool:
     return setting == "on"
 
 
+def keras_version() -> str:
+    """The version of the Keras that tf.keras is: Keras 3's, TF 2.10's bundled Keras, or
+    tf-keras's under TF_USE_LEGACY_KERAS=1, where tf.keras has no __version__. The one
+    Keras-version check of the app (vit_model.KERAS_3, optimization.KERAS_3 use it)."""
+    import tensorflow as tf
+    version = getattr(tf.keras, "__version__", None)
+    if version is None:                          # tf.keras is tf_keras.api._v2.keras
+        import tf_keras
+        version = tf_keras.__version__
+    return version
+
+
+def keras_major() -> int:
+    return int(keras_version().split(".")[0])
+
+
 def versions() -> dict:
     import tensorflow as tf
-    keras = tf.keras
-    return {"tensorflow_version": tf.__version__, "keras_version": keras.__version__,
+    return {"tensorflow_version": tf.__version__, "keras_version": keras_version(),
             "python_version": platform.python_version()}
 
 

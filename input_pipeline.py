@@ -2,7 +2,9 @@
 
 Training data are one sub-dataset per epoch, each shuffled and augmented with stateless
 seeds made from (seed, epoch, batch index): every epoch sees a fresh order and fresh
-augmentations, runs are reproducible, and a resumed run can start at any epoch.
+augmentations, runs are reproducible, and a resumed run can start at any epoch. On several
+replicas (tf.distribute), replica_train_dataset cuts the same batches into the replicas'
+shares, each augmented with the replica's index folded into its seed.
 """
 from __future__ import annotations
 
@@ -26,6 +28,16 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
 
+def _epoch_batches(count: int, batch_size: int, seed: int, epoch):
+    """(batches, augment seed) of one epoch: `batches` yields (batch index, image indices),
+    the indices a stateless permutation of range(count) cut into batches."""
+    epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+    shuffle_seed, augment_seed = tf.unstack(
+        tf.random.experimental.stateless_split(epoch_seed, num=2))
+    order = tf.argsort(tf.random.stateless_uniform([count], shuffle_seed))
+    return tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate(), augment_seed
+
+
 def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
                   augment: BatchAugment, seed: int, first_epoch: int,
                   last_epoch: int) -> tf.data.Dataset:
@@ -38,11 +50,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
     count = int(images.shape[0])
 
     def one_epoch(epoch):
-        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
-        shuffle_seed, augment_seed = tf.unstack(
-            tf.random.experimental.stateless_split(epoch_seed, num=2))
-        order = tf.argsort(tf.random.stateless_uniform([count], shuffle_seed))
-        batches = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
+        batches, augment_seed = _epoch_batches(count, batch_size, seed, epoch)
 
         def augment_one(index, batch_indices):
             batch_seed = tf.random.experimental.stateless_fold_in(augment_seed, index)
@@ -50,6 +58,44 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
                            batch_seed)
 
         return batches.map(augment_one, num_parallel_calls=AUTOTUNE)
+
+    epochs = tf.data.Dataset.range(first_epoch, last_epoch)
+    return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)
+
+
+def replica_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                          augment: BatchAugment, seed: int, first_epoch: int, last_epoch: int,
+                          replicas: int, first_replica: int,
+                          local_replicas: int) -> tf.data.Dataset:
+    """train_dataset's batches (the same images per step, epoch after epoch) cut for
+    `replicas` replicas in sync, of which this input pipeline feeds replicas first_replica ..
+    first_replica + local_replicas - 1: per global batch of n images, replica r gets its
+    indices [r n // R, (r + 1) n // R), so shares differ by at most one image (only in an
+    epoch's short last batch when R divides the batch size). Yields, per step,
+    local_replicas elements in replica order (tf.distribute hands a pipeline's elements to
+    its replicas in turn), each augmented on its own with the batch's seed folded with the
+    replica's index: per image, seeded, and different on every replica. Each image is
+    trained on once per epoch over all replicas and workers: the data are sharded here, by
+    index, not by tf.data's auto-sharding."""
+    images, labels = tf.constant(images), tf.constant(labels)                # stays uint8
+    count = int(images.shape[0])
+    mine = tf.range(first_replica, first_replica + local_replicas, dtype=tf.int64)
+
+    def one_epoch(epoch):
+        batches, augment_seed = _epoch_batches(count, batch_size, seed, epoch)
+
+        def shares(index, batch_indices):          # -> (index, replica, batch) per replica
+            return tf.data.Dataset.from_tensor_slices(mine).map(
+                lambda replica: (index, replica, batch_indices))
+
+        def share(index, replica, batch_indices):
+            n = tf.shape(batch_indices, out_type=tf.int64)[0]
+            part = batch_indices[replica * n // replicas:(replica + 1) * n // replicas]
+            share_seed = tf.random.experimental.stateless_fold_in(
+                tf.random.experimental.stateless_fold_in(augment_seed, index), replica)
+            return augment(tf.gather(images, part), tf.gather(labels, part), share_seed)
+
+        return batches.flat_map(shares).map(share, num_parallel_calls=AUTOTUNE)
 
     epochs = tf.data.Dataset.range(first_epoch, last_epoch)
     return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)

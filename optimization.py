@@ -1,7 +1,8 @@
 """The training recipe's optimisation pieces: learning-rate schedule, optimizer, loss, metrics.
 
 Works on both stacks: Keras 3 (tf.keras on TF >= 2.16) and Keras 2.10 (TF 2.10 + DirectML).
-Of the project it imports only config (the optimizer names).
+Of the project it imports only config (the optimizer names) and devices (the Keras
+version), so training.py can use it without cycles.
 
 How training.compile_model calls it, on a built model::
 
@@ -43,10 +44,11 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
+import devices
 from config import OPTIMIZERS
 
 keras = tf.keras
-KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+KERAS_3 = devices.keras_major() >= 3       # tf-keras's tf.keras has no __version__
 register = keras.utils.register_keras_serializable(package="vit")
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 

@@ -340,11 +340,20 @@ def build_optimizer_slots(optimizer, model) -> None:
     """Creates the optimizer's variables (they are made at the first update otherwise) by
     applying zero gradients, and leaves the weights as they were: Adam moves none then, but
     AdamW's decoupled decay would (w -= lr * wd * w), so they are put back. The optimizer's
-    values are restored next."""
+    values are restored next. In a tf.distribute strategy's scope the update runs on every
+    replica (Keras 2's optimizers refuse it outside them); on several workers, all must
+    call this together."""
     import tensorflow as tf
     variables = model.trainable_variables
     values = [tf.identity(v) for v in variables]
-    optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables], variables))
+
+    def apply():
+        optimizer.apply_gradients(zip([tf.zeros_like(v) for v in variables], variables))
+
+    if tf.distribute.has_strategy() and tf.distribute.in_cross_replica_context():
+        tf.distribute.get_strategy().run(apply)  # in a strategy's scope: on every replica
+    else:
+        apply()
     for variable, value in zip(variables, values):
         variable.assign(value)
 
@@ -353,7 +362,10 @@ def build_optimizer_slots(optimizer, model) -> None:
 
 def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
     arrays = {f"model/{key}": value for key, value in model_arrays(model).items()}
-    arrays.update({key: np.asarray(variable)
+    import tensorflow as tf
+    # through a tensor: Keras 2's variables of a tf.distribute strategy (MirroredVariable)
+    # have no numpy conversion of their own
+    arrays.update({key: np.asarray(tf.convert_to_tensor(variable))
                    for key, variable in optimizer_keys(optimizer, model).items()})
     arrays["state"] = np.frombuffer(state.to_json().encode("utf-8"), dtype=np.uint8)
 

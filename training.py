@@ -2,12 +2,15 @@
 
 `run` trains (or resumes) the experiment in a TrainConfig with the RunOptions of this machine,
 writing the run directory that run_dir.py describes, and ends by evaluating the best
-weights on the test set.
+weights on the test set. It trains on one device, or with the tf.distribute strategy of a
+distribution.Plan (several GPUs, several workers: only the chief writes the run directory).
 """
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import re
 import os
 import shlex
 import shutil
@@ -25,12 +28,13 @@ import tensorflow as tf
 
 import cifar_data
 import devices
+import distribution
 import input_pipeline
 import optimization
 import run_dir
 import visualize
-from config import RunOptions, TrainConfig, to_json
-from errors import RunStopped, UsageError
+from config import RunOptions, TrainConfig, flag_name, flat, from_json, to_json
+from errors import RunStopped, UsageError, first_line
 from run_dir import RunState
 from vit_model import build_model
 
@@ -61,6 +65,9 @@ class Bookkeeper(keras.callbacks.Callback):
         self.nan_at = None                # (epoch, step) of the first non-finite loss
         self.stop_requested = False       # set by the first Ctrl-C
         self.epoch_started = 0.0
+        # Multi-worker: distribution.any_worker, so that a Ctrl-C on one worker stops all
+        # after the same epoch (a worker going on alone would wait in its collectives).
+        self.any_worker = lambda flag: flag
 
     def path(self, name: str) -> str:
         return os.path.join(self.output_dir, name)
@@ -88,7 +95,10 @@ class Bookkeeper(keras.callbacks.Callback):
         self.save(improved)
         if self.tensorboard is not None:
             self.tensorboard.write(row)
-        if self.stop_requested:
+        # A request stays set even when the vote missed it (a Ctrl-C during the vote), for
+        # the next vote; but only the vote stops training, so all workers stop together.
+        if self.any_worker(self.stop_requested):
+            self.stop_requested = True
             self.model.stop_training = True
 
     def record(self, epoch: int, logs: dict) -> dict:
@@ -244,45 +254,68 @@ def evaluate_test(model, config: TrainConfig, x_test, y_test, batch_size: int) -
 
 
 def run(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
-        device: devices.Device, restart: bool = False) -> dict:
+        device: devices.Device, restart: bool = False,
+        cluster: "distribution.Plan | None" = None) -> dict:
     """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
-    what it writes to results.json. Raises RunStopped on NaN, disk errors and Ctrl-C, and
-    UsageError, before touching anything, when another process trains in the folder."""
+    what it writes to results.json. Raises RunStopped on NaN, disk errors, Ctrl-C and a lost
+    worker, and UsageError, before touching anything, when another process trains in the
+    folder. `cluster` (distribution.create) is the tf.distribute strategy, one device by
+    default. On several workers only the chief writes --output-dir and the results; the
+    others keep their bookkeeping in distribution.worker_dir() and return {}."""
+    cluster = cluster or distribution.single_device()
+    cluster.per_replica_batch(config.batch_size)              # UsageError unless it divides
+    if config.time_budget and cluster.workers > 1:
+        raise UsageError("--time-budget times one machine's steps; with several workers, "
+                         "give --epochs instead (and --time-budget 0)")
     options = replace(options, output_dir=options.output_dir or run_dir.default_path(
         config.dataset))
-    with run_dir.RunLock(options.output_dir):
-        return _run_locked(config, options, data, device, restart)
+    try:
+        if cluster.chief:
+            with run_dir.RunLock(options.output_dir):
+                return train(config, options, data, device, restart, cluster)
+        with distribution.worker_dir() as own:
+            return train(config, replace(options, output_dir=own, tensorboard=False), data,
+                         device, True, cluster)
+    except LOST_WORKER_ERRORS as error:      # in an exchange outside model.fit
+        if cluster.workers == 1:
+            raise
+        raise RunStopped(f"training stopped: lost contact with another worker of the "
+                         f"cluster ({type(error).__name__}: {tensorflow_cause(error)}); rerun "
+                         "every worker's command (the same flags and TF_CONFIG)") from None
 
 
-def _run_locked(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
-                device: devices.Device, restart: bool) -> dict:
+def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
+          device: devices.Device, restart: bool, cluster: "distribution.Plan") -> dict:
+    """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     output_dir = options.output_dir
-    saved_config = run_dir.prepare_for_training(config, options, restart)
+    saved_config = share_start(cluster, config, run_dir.prepare_for_training(
+        config, options, restart), output_dir)
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.LABELS), data.label_names)
 
     keras.utils.set_random_seed(config.seed)
     set_precision_policy(options, device)
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
-    model = build_model(config)
     steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
-    schedule = compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
-                             steps_per_execution=options.steps_per_execution,
-                             steps_per_epoch=steps)
     one_hot = input_pipeline.label_classes(config)
     augment = input_pipeline.make_augment(config.augmentation, one_hot)
     val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size, one_hot)
-
-    state = RunState(learning_rate=config.learning_rate)
-    if saved_config is not None:
-        state = resume(model, config, options, saved_config)
-    else:
-        print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
-              f"{len(data.x_test):,} test images; run directory {output_dir}")
-        if config.time_budget:
-            state.plan = plan_time_budget(model, config, options, (x_train, y_train), augment,
-                                          val, len(x_val))
-            state.train_seconds += state.plan["calibration_seconds"]
+    with cluster.strategy.scope():         # model, optimizer and metrics on every replica
+        model = build_model(config)
+        schedule = compile_model(model, config,
+                                 jit_compile=devices.use_xla(options.xla, device),
+                                 steps_per_execution=options.steps_per_execution,
+                                 steps_per_epoch=steps)
+        state = RunState(learning_rate=config.learning_rate)
+        if saved_config is not None:
+            state = resume(model, config, options, saved_config)
+        else:
+            print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
+                  f"{len(data.x_test):,} test images; run directory {output_dir}")
+            if config.time_budget:
+                state.plan = plan_time_budget(model, config, options, (x_train, y_train),
+                                              augment, val, len(x_val))
+                state.train_seconds += state.plan["calibration_seconds"]
     if state.plan is not None:               # the budget sets the epochs, resumed too
         config = replace(config, epochs=state.plan["epochs"])
     if state.schedule_steps is None:         # fixed at the start: resumed and extended runs
@@ -293,33 +326,143 @@ def _run_locked(config: TrainConfig, options: RunOptions, data: cifar_data.Cifar
         schedule.set_steps(*state.schedule_steps)
 
     bookkeeper = Bookkeeper(config, state, output_dir, epoch_log(options, output_dir))
+    bookkeeper.any_worker = lambda flag: distribution.any_worker(cluster, flag)
     if state.epochs_done < config.epochs and not state.stopped_early:
-        train = input_pipeline.train_dataset(x_train, y_train, config.batch_size, augment,
-                                             config.seed, state.epochs_done, config.epochs)
+        train_data = training_data(cluster, config, augment, x_train, y_train,
+                                   state.epochs_done)
         try:
             with two_stage_interrupt(bookkeeper):
-                model.fit(train, initial_epoch=state.epochs_done, epochs=config.epochs,
+                model.fit(train_data, initial_epoch=state.epochs_done, epochs=config.epochs,
                           steps_per_epoch=input_pipeline.steps_per_epoch(len(x_train),
                                                                          config.batch_size),
                           validation_data=val, shuffle=False, callbacks=[bookkeeper],
                           verbose=1 if sys.stdout.isatty() else 2)
         except KeyboardInterrupt:
-            stopped = interrupted(config, options, state)
+            stopped = interrupted(config, options, state, cluster)
+        except LOST_WORKER_ERRORS as error:
+            if cluster.workers == 1:
+                raise
+            raise lost_worker(config, options, state, cluster, error) from None
         else:
             stopped = (diverged(config, state, *bookkeeper.nan_at) if bookkeeper.nan_at else
-                       interrupted(config, options, state) if bookkeeper.stop_requested and
-                       state.epochs_done < config.epochs else None)
+                       interrupted(config, options, state, cluster)
+                       if bookkeeper.stop_requested and state.epochs_done < config.epochs
+                       else None)
         if stopped is not None:
-            draw_figures(output_dir, data, model)
+            if cluster.chief:
+                draw_figures(output_dir, data, local_model(cluster, config, model))
             raise stopped
 
+    if not cluster.chief:
+        print(f"Worker done: {state.epochs_done} epochs trained; the chief writes the results")
+        return {}
     try:
-        return finish(config, options, data, model, state, device, len(x_train))
+        return finish(config, options, data, local_model(cluster, config, model), state,
+                      device, len(x_train), cluster)
     except KeyboardInterrupt:
         raise RunStopped(f"stopped by Ctrl-C during the final evaluation; all "
                          f"{state.epochs_done} epochs are saved in {output_dir}; run "
                          f"{resume_command(config, options)} to evaluate them",
                          exit_code=130) from None
+
+
+# What a collective op raises when another worker died or hung: the coordination service's
+# heartbeats abort collectives with UnavailableError; the others are what an abort, a
+# timeout or a restarted peer give.
+LOST_WORKER_ERRORS = (tf.errors.UnavailableError, tf.errors.DeadlineExceededError,
+                      tf.errors.CancelledError, tf.errors.AbortedError,
+                      tf.errors.FailedPreconditionError)
+
+
+def lost_worker(config: TrainConfig, options: RunOptions, state: RunState,
+                plan: "distribution.Plan", error: Exception) -> RunStopped:
+    kept = (f"{state.epochs_done} epoch(s) are saved in {options.output_dir}" if plan.chief
+            else "the chief keeps the last saved epoch")
+    return RunStopped(f"training stopped: a worker of the cluster died or stopped responding "
+                      f"({type(error).__name__}: {tensorflow_cause(error)}); {kept}; rerun "
+                      "every worker's command (the same flags and TF_CONFIG) to resume")
+
+
+def tensorflow_cause(error: Exception) -> str:
+    """The line of a TensorFlow op error that says what happened ("Collective ops is aborted
+    by: ..."): its message follows a 'Graph execution error:' header, the Python frames
+    where the op was defined (indented) and, on TF 2.10, a 'Node:' line."""
+    message = getattr(error, "message", str(error))
+    headers = ("Graph execution error", "Detected at node", "Node:")
+    lines = [line for line in message.splitlines() if line.strip() and not line[0].isspace()
+             and not line.startswith(headers)]
+    # eager ops prefix the op's name: "{{function_node __wrapped__CollectiveBcastSend...}} "
+    return re.sub(r"^\{\{function_node [^}]*\}\}\s*", "", lines[0].strip()) if lines \
+        else first_line(error)
+
+
+def training_data(plan: "distribution.Plan", config: TrainConfig, augment, x_train, y_train,
+                  first_epoch: int):
+    """The training batches for model.fit: input_pipeline.train_dataset on one replica; on
+    several, each worker's pipeline makes its own replicas' shares of every global batch
+    (input_pipeline.replica_train_dataset), so no image is read twice per epoch."""
+    if plan.replicas == 1:
+        return input_pipeline.train_dataset(x_train, y_train, config.batch_size, augment,
+                                            config.seed, first_epoch, config.epochs)
+
+    def pipeline(context):        # tf.distribute.InputContext: one pipeline per worker
+        local = plan.replicas // context.num_input_pipelines
+        return input_pipeline.replica_train_dataset(
+            x_train, y_train, config.batch_size, augment, config.seed, first_epoch,
+            config.epochs, plan.replicas, context.input_pipeline_id * local, local)
+
+    return plan.strategy.distribute_datasets_from_function(pipeline)
+
+
+def share_start(plan: "distribution.Plan", config: TrainConfig,
+                saved: "TrainConfig | None", output_dir: str) -> "TrainConfig | None":
+    """On several workers, the chief's starting point for all: every other worker checks that
+    it was given the chief's experiment (UsageError naming the differences otherwise), and
+    gets the experiment the chief resumes (None for a fresh run) and its checkpoint, written
+    into the worker's own output_dir. So all resume from the same epoch, weights and state,
+    with no shared disk. One worker: `saved` as given."""
+    if plan.workers == 1:
+        return saved
+    if plan.chief:
+        distribution.broadcast_bytes(plan, json.dumps(
+            {"experiment": to_json(config, RunOptions()),
+             "resumed": None if saved is None else to_json(saved, RunOptions())}).encode())
+        if saved is not None:
+            with open(os.path.join(output_dir, run_dir.CHECKPOINT), "rb") as handle:
+                distribution.broadcast_bytes(plan, handle.read())
+        return saved
+    chief = json.loads(distribution.broadcast_bytes(plan, None))
+    chiefs = flat(from_json(chief["experiment"], "the chief's config")[0])
+    mine = flat(config)
+
+    def shown(value):
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    differences = ", ".join(f"{flag_name(name)} {shown(mine[name])}, not {shown(chiefs[name])}"
+                            for name in mine if mine[name] != chiefs[name])
+    if differences:
+        raise UsageError(f"this worker was started with {differences} (the chief's); start "
+                         "every worker with the same flags")
+    if chief["resumed"] is None:
+        return None
+    contents = distribution.broadcast_bytes(plan, None)
+
+    def write(path):
+        with open(path, "wb") as handle:
+            handle.write(contents)
+    run_dir.atomic_save(os.path.join(output_dir, run_dir.CHECKPOINT), write)
+    return from_json(chief["resumed"], "the chief's config")[0]
+
+
+def local_model(plan: "distribution.Plan", config: TrainConfig, model):
+    """A model for the chief's test evaluation and figures: `model` itself on one worker; on
+    several, a copy of it outside the strategy (built, compiled, given its weights), whose
+    predictions need no other worker, so they can exit or have died."""
+    if plan.workers == 1:
+        return model
+    copy = build_model(config)
+    compile_model(copy, config)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 class StepTimer(keras.callbacks.Callback):
@@ -338,9 +481,10 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
                      val, val_images: int) -> dict:
     """--time-budget: times the compiled model's real training step on the real pipeline
     (CALIBRATION_STEPS after CALIBRATION_WARMUP_STEPS untimed ones), its validation step and
-    the saves at an epoch's end, then picks the whole number of epochs (at least 1) that ends within BUDGET_SHARE of the
-    budget, the calibration included, with the warmup the same share of the schedule as in
-    the config. The model's weights and optimizer state are put back as they were: the
+    the saves at an epoch's end, then picks the most training steps that end within
+    BUDGET_SHARE of the budget, the calibration included: whole epochs, the last one cut short
+    (the Bookkeeper stops it at `last_epoch_steps`, a resumed run too), with the warmup the
+    same share of the schedule as in the config. The model's weights and optimizer state are put back as they were: the
     calibration steps train nothing. Returns the plan, as results.json records it."""
     started = time.perf_counter()
     optimizer = model.optimizer
@@ -476,7 +620,13 @@ def resume_command(config: TrainConfig, options: RunOptions) -> str:
     return quote([python, script, "--output-dir", options.output_dir])
 
 
-def interrupted(config: TrainConfig, options: RunOptions, state: RunState) -> RunStopped:
+def interrupted(config: TrainConfig, options: RunOptions, state: RunState,
+                plan: "distribution.Plan | None" = None) -> RunStopped:
+    if plan is not None and plan.workers > 1:
+        where = f"saved in {options.output_dir}" if plan.chief else "saved by the chief"
+        return RunStopped(f"stopped by Ctrl-C; {state.epochs_done} epoch(s) {where}; to "
+                          "resume, rerun every worker's command (the same flags and "
+                          "TF_CONFIG)", exit_code=130)
     return RunStopped(f"stopped by Ctrl-C; {state.epochs_done} epoch(s) saved in "
                       f"{options.output_dir}; to resume, run {resume_command(config, options)}",
                       exit_code=130)
@@ -494,7 +644,8 @@ def diverged(config: TrainConfig, state: RunState, epoch: int, step: int) -> Run
 
 
 def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData, model,
-           state: RunState, device: devices.Device, train_images: int) -> dict:
+           state: RunState, device: devices.Device, train_images: int,
+           cluster: "distribution.Plan | None" = None) -> dict:
     """Evaluates the best weights on the test set, writes results.json and the figures."""
     output_dir = options.output_dir
     best = run_dir.best_weights_path(output_dir)
@@ -518,6 +669,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
                             state.epochs_done * train_images) if state.plan
                         else state.epochs_done * train_images),
         "time_budget_plan": state.plan,
+        "distribution": (cluster or distribution.single_device()).record(config.batch_size),
         "device": device.kind,
         "device_name": device.name,
         **devices.versions(),

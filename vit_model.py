@@ -21,10 +21,11 @@ import math
 
 import tensorflow as tf
 
+import devices
 from config import IMAGE_SIZE, patch_grid_side
 
 keras = tf.keras
-KERAS_3 = int(keras.__version__.split(".")[0]) >= 3
+KERAS_3 = devices.keras_major() >= 3       # tf-keras's tf.keras has no __version__
 register = keras.utils.register_keras_serializable(package="vit")
 
 
@@ -383,7 +384,15 @@ class VisionTransformer(keras.Model):
         tokens = self.patch_proj(self.patches(x))                           # (B, N, D)
         if self.class_token is not None:
             tokens = self.class_token(tokens)                               # (B, N + 1, D)
-        return tokens + self.position_embedding(tf.range(self.num_tokens))
+        # The whole table (T, D) is read, not looked up at range(T): the same values, but a
+        # dense gradient. A lookup's gradient is IndexedSlices, which tf.distribute sums over
+        # replicas by concatenating (duplicate indices), and Keras 3's Adam squares those
+        # slices one by one (its sparse square), so its second moment would be the sum of
+        # the replicas' squares, not the square of their sum: the table would train
+        # differently on several replicas than on one.
+        if not self.position_embedding.built:
+            self.position_embedding(tf.range(self.num_tokens))   # creates the table
+        return tokens + tf.cast(self.position_embedding.embeddings, tokens.dtype)
 
     def call(self, images, training=None):
         x = self.embed(images)

@@ -21,7 +21,8 @@ def test_override_reaches_the_nested_augmentation_and_refuses_unknown_names():
 def test_config_json_round_trips_both_parts():
     experiment = override(PRESETS["tiny"], head_units=(16, 8), randaugment_ops=("hue",),
                           randaugment_n=1)
-    options = RunOptions(data_dir="d", output_dir="o", gpu=1, xla="off", tensorboard=False)
+    options = RunOptions(data_dir="d", output_dir="o", gpu="0,1", distribute="mirrored",
+                         xla="off", tensorboard=False)
     text = json.dumps(config.to_json(experiment, options))
     assert config.from_json(json.loads(text)) == (experiment, options)
 
@@ -38,6 +39,16 @@ def test_a_config_json_of_the_first_format_still_loads():
     assert options == RunOptions(data_dir="/data", output_dir="runs/x", steps_per_execution=2)
     del old["randaugment_prob"]          # a setting added later gets its default
     assert config.from_json(old)[0] == PRESETS["tiny"]
+
+
+def test_files_from_before_gpu_lists_and_distribute_still_load():
+    """Format 2 before --distribute: no "distribute" key, and "gpu" an int."""
+    values = config.to_json(PRESETS["tiny"], RunOptions(gpu="1"))
+    del values["run"]["distribute"]
+    values["run"]["gpu"] = 1
+    experiment, options = config.from_json(json.loads(json.dumps(values)))
+    assert experiment == PRESETS["tiny"]
+    assert options == RunOptions(gpu="1", distribute="auto") and options.gpu_indices == (1,)
 
 
 def test_unknown_and_missing_keys_are_named_all_at_once():
@@ -71,7 +82,13 @@ def test_presets_are_valid_and_the_sample_preset_is_the_seed_sample():
 
 
 def test_run_options_are_checked():
-    with pytest.raises(UsageError, match="--gpu must be 0 or more"):
-        RunOptions(gpu=-1).validate()
+    for bad in (-1, "0,x", "0,0", "1,", ""):
+        with pytest.raises(UsageError, match="--gpu must be a GPU index 0 or more, or "
+                                             "distinct indices separated by commas"):
+            RunOptions(gpu=bad).validate()
+    assert RunOptions(gpu="0, 1").validate().gpu_indices == (0, 1)
+    assert RunOptions(gpu=2).gpu == "2" and RunOptions().gpu_indices == ()
+    with pytest.raises(UsageError, match="--distribute must be one of auto, none, mirrored"):
+        RunOptions(distribute="horovod").validate()
     with pytest.raises(UsageError, match="--steps-per-execution must be a positive"):
         dataclasses.replace(RunOptions(), steps_per_execution=0).validate()

@@ -73,3 +73,51 @@ def test_directml_without_an_adapter_says_so_and_what_to_check(monkeypatch):
     listing = devices.list_devices().splitlines()
     assert listing[-2].endswith("; DirectML found no adapter)")
     assert listing[-1] == f"warning: {device.warning}"
+
+
+def test_gpu_lists_reach_both_variables_but_not_directml(monkeypatch):
+    import devices
+    monkeypatch.setattr(devices, "directml_plugin_installed", lambda: False)
+    values = devices.environment_variables("0,1", "none")
+    assert values["CUDA_VISIBLE_DEVICES"] == values["DML_VISIBLE_DEVICES"] == "0,1"
+    assert values["KERAS_BACKEND"] == "tensorflow"
+    assert "CUDA_VISIBLE_DEVICES" not in devices.environment_variables(None, "none")
+    monkeypatch.setattr(devices, "directml_plugin_installed", lambda: True)
+    assert devices.environment_variables("1", "none")["DML_VISIBLE_DEVICES"] == "1"
+    with pytest.raises(UsageError, match="--gpu 0,1: tensorflow-directml-plugin drives one "
+                                         "adapter; pick it with --gpu N"):
+        devices.environment_variables("0,1", "none")
+
+
+@pytest.mark.parametrize("keras_3, tf_keras, expected", [
+    (False, False, None),          # TF 2.10: its own Keras is Keras 2
+    (True, True, "1"),             # current TF + tf-keras: tf.keras becomes tf-keras
+    (True, False, "refused"),      # current TF alone: Keras 3's fit fails multi-worker
+])
+def test_multi_worker_picks_keras_2_before_tensorflow_starts(monkeypatch, keras_3, tf_keras,
+                                                             expected):
+    import importlib.util
+    import devices
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(devices, "keras_3_installed", lambda: keras_3)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (
+        (object() if tf_keras else None) if name == "tf_keras" else real_find_spec(name, *args)))
+    assert "TF_USE_LEGACY_KERAS" not in devices.environment_variables(None, "mirrored")
+    if expected == "refused":
+        with pytest.raises(UsageError, match=r"multi-worker needs Keras 2 .*pip install -r "
+                                             r"requirements-multiworker.txt"):
+            devices.environment_variables(None, "multi-worker")
+    else:
+        assert devices.environment_variables(None, "multi-worker").get(
+            "TF_USE_LEGACY_KERAS") == expected
+
+
+def test_the_keras_version_is_that_of_the_package_tf_keras_comes_from():
+    """keras 3.x, TF 2.10's keras 2.10, or tf-keras under TF_USE_LEGACY_KERAS=1 (whose
+    tf.keras has no __version__; the multi-worker tests run there and check the banner)."""
+    import importlib.metadata
+    import tensorflow as tf
+    import devices
+    package = {"keras": "keras", "tf_keras": "tf-keras"}[tf.keras.__name__.split(".")[0]]
+    assert devices.keras_version() == importlib.metadata.version(package)
+    assert devices.keras_major() == int(importlib.metadata.version(package).split(".")[0])

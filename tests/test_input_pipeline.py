@@ -146,3 +146,37 @@ def test_seed_zero_works_when_keras_has_set_the_global_seed():
     batches = collect(input_pipeline.train_dataset(images, labels, 8, augment, 0, 0, 2))
     assert [len(y) for _, y in batches] == [8, 8, 4, 8, 8, 4]
     assert sorted(np.concatenate([y for _, y in batches[:3]])) == sorted(labels)
+
+
+def seed_as_images(images, labels, seed):
+    """An 'augmentation' that returns the seed it was given in place of the images: (B, 2)."""
+    return tf.tile(seed[None], [tf.shape(labels)[0], 1]), labels
+
+
+@pytest.mark.parametrize("replicas, workers", [(2, 1), (4, 2), (3, 3)])
+def test_replica_shares_make_up_each_global_batch_and_augment_differently(replicas, workers):
+    """Every worker's pipeline (replicas / workers local replicas each) yields, per step, its
+    replicas' shares of train_dataset's batch: together exactly that batch, each image once
+    per epoch, and each share with its own augmentation seed."""
+    n, batch = 45, 12                          # 4 steps: batches of 12, 12, 12 and 9 images
+    images, labels = np.zeros((n, 32, 32, 3), np.uint8), np.arange(n)
+    steps = input_pipeline.steps_per_epoch(n, batch)
+    whole = [y for _, y in collect(input_pipeline.train_dataset(
+        images, labels, batch, seed_as_images, 3, 0, 2))]
+    local = replicas // workers
+    per_worker = [collect(input_pipeline.replica_train_dataset(
+        images, labels, batch, seed_as_images, 3, 0, 2, replicas, worker * local, local))
+        for worker in range(workers)]
+    for part in per_worker:
+        assert len(part) == 2 * steps * local
+    for step, expected in enumerate(whole):
+        shares = [part[step * local + r] for part in per_worker for r in range(local)]
+        got = np.concatenate([y for _, y in shares])
+        np.testing.assert_array_equal(got, expected)          # same images, same order
+        sizes = [len(y) for _, y in shares]
+        assert max(sizes) - min(sizes) <= 1                   # 12 -> 6 6 / 3 3 3 3 / 4 4 4
+        seeds = {tuple(x[0]) for x, _ in shares}
+        assert len(seeds) == replicas                         # a seed per replica
+    for epoch in range(2):
+        seen = np.concatenate(whole[epoch * steps:(epoch + 1) * steps])
+        assert sorted(seen) == list(range(n))

@@ -19,7 +19,7 @@ RANKS = {
     "flags": 2,
     "cifar_data": 3, "devices": 3, "run_dir": 3, "data_augmentations": 3, "vit_model": 3,
     "flops": 3, "optimization": 3, "op_coverage": 3,
-    "input_pipeline": 4, "visualize": 4,
+    "input_pipeline": 4, "visualize": 4, "distribution": 4,
     "training": 5,
     "cli": 6,
 }

@@ -138,7 +138,9 @@ def test_optimizer_steps_follow_the_schedule_by_iterations(name):
 def test_sample_adam_is_todays_optimizer():
     optimizer = build_optimizer("adam", 1e-3, 0.0, 0, None)
     assert type(optimizer) is type(keras.optimizers.Adam(learning_rate=1e-3))
-    if not KERAS_3:             # TF 2.10: the legacy OptimizerV2 Adam, not the experimental one
+    if tf.__version__.startswith("2.10."):
+        # the legacy OptimizerV2 Adam, not the experimental one; tf-keras (Keras 2 on
+        # current TF, the multi-worker stack) has only the new optimizers
         assert "optimizer_v2" in type(optimizer).__module__
     assert optimizer.get_config().get("global_clipnorm") is None
     assert optimization.current_learning_rate(optimizer) == pytest.approx(1e-3)

@@ -546,3 +546,20 @@ def test_a_run_of_an_earlier_version_opens_and_resumes_on_its_stack(tmp_path, ci
     assert "Resuming" in printed and "warning" not in printed
     assert results["epochs_completed"] == 2 and len(history(out)) == 2
     assert (out / "best.weights.npz").exists() and not (out / "best.weights.h5").exists()
+
+
+def test_a_tensorflow_op_error_is_cut_to_the_line_that_says_what_happened():
+    """The two forms measured when a worker died: TF 2.10's graph error (a 'Node:' line
+    before the cause) and an eager op's '{{function_node ...}}' prefix on TF 2.21."""
+    graph = tf.errors.UnavailableError(None, None, (
+        "Graph execution error:\n\nDetected at node 'Adam/CollectiveReduceV2' defined at (most "
+        "recent call last):\n    File \"train.py\", line 32, in <module>\n      model.fit()\n"
+        "Node: 'Adam/CollectiveReduceV2'\nCollective ops is aborted by: failed to connect to "
+        "all addresses\nAdditional GRPC error information\n\t [[{{node x}}]]"))
+    assert training.tensorflow_cause(graph) == ("Collective ops is aborted by: failed to "
+                                                "connect to all addresses")
+    eager = tf.errors.UnavailableError(None, None, (
+        "{{function_node __wrapped__CollectiveBcastSend_device_/job:worker/replica:0/task:0/"
+        "device:CPU:0}} Collective ops is aborted by: task 1 is down [Op:CollectiveBcastSend]"))
+    assert training.tensorflow_cause(eager) == ("Collective ops is aborted by: task 1 is down "
+                                                "[Op:CollectiveBcastSend]")
