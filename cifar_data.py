@@ -101,7 +101,8 @@ def _load_through_keras(dataset: str) -> CifarData:
         (x_train, y_train), (x_test, y_test) = module.load_data(**kwargs)
     except Exception as error:  # keras raises a bare Exception for URL failures
         raise DataError(
-            f"could not download {spec.display_name} through keras.datasets ({first_line(error)}); "
+            f"could not download {spec.display_name} through keras.datasets "
+            f"({first_line(error)}); "
             f"without internet, fetch {spec.archive} from {DOWNLOAD_PAGE} elsewhere and pass "
             f"--data-dir FOLDER_WITH_IT") from None
     return CifarData(x_train, y_train.reshape(-1).astype(np.int64), x_test,

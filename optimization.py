@@ -167,8 +167,8 @@ def build_optimizer(name: str, learning_rate: Union[float, LearningRateSchedule]
                     weight_decay: float = 0.0, clip_norm: Optional[float] = None, model=None):
     """"adam": keras.optimizers.Adam (legacy Adam on TF 2.10, as today); weight_decay must
     be 0. "adamw": Adam with decoupled weight decay, w -= rate * weight_decay * w at every
-    step before the Adam update (rate: that step's scheduled rate), on every trainable weight of the (built) `model`
-    but no_decay_variables(model). clip_norm None or 0: no clipping; else gradients are
+    step before the Adam update (rate: that step's scheduled rate), on every trainable
+    weight of the (built) `model` but no_decay_variables(model). clip_norm None or 0: no clipping; else gradients are
     scaled so that their global norm is at most clip_norm (global_clipnorm).
 
     Keras 3: keras.optimizers.AdamW. Its exclude_from_weight_decay(var_names=...) matches

@@ -230,8 +230,8 @@ def load_weights(model, path: str) -> None:
         model.load_weights(path)
     except (OSError, ValueError) as error:
         writer = _keras_h5_writer(path)
-        import tensorflow as tf
-        here = tf.keras.__version__.split(".")[0]
+        import devices
+        here = str(devices.keras_major())
         if writer is not None and writer != here:
             raise WeightsError(
                 f"{path} was written by an earlier version of the app on Keras {writer} "

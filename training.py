@@ -484,14 +484,16 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
     the saves at an epoch's end, then picks the most training steps that end within
     BUDGET_SHARE of the budget, the calibration included: whole epochs, the last one cut short
     (the Bookkeeper stops it at `last_epoch_steps`, a resumed run too), with the warmup the
-    same share of the schedule as in the config. The model's weights and optimizer state are put back as they were: the
-    calibration steps train nothing. Returns the plan, as results.json records it."""
+    same share of the schedule as in the config. The model's weights and optimizer state are
+    put back as they were: the calibration steps train nothing. Returns the plan, as results.json records it."""
     started = time.perf_counter()
     optimizer = model.optimizer
     run_dir.build_optimizer_slots(optimizer, model)      # slots exist; a fresh Adam state:
     getattr(optimizer, "inner_optimizer", optimizer).iterations.assign(0)   # zero moments
     weights = model.get_weights()
-    slots = [np.asarray(v) for v in run_dir.optimizer_variables(optimizer)]
+    # through a tensor: Keras 2's MirroredVariable has no numpy conversion of its own
+    slots = [np.asarray(tf.convert_to_tensor(variable))
+             for variable in run_dir.optimizer_variables(optimizer)]
 
     per_call = options.steps_per_execution
     warmup = per_call * math.ceil(CALIBRATION_WARMUP_STEPS / per_call)

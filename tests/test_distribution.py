@@ -23,7 +23,7 @@ MULTI_WORKER_POSSIBLE = (not devices.keras_3_installed()
                          or importlib.util.find_spec("tf_keras") is not None)
 needs_keras_2 = pytest.mark.skipif(not MULTI_WORKER_POSSIBLE, reason="needs Keras 2: pip "
                                    "install -r requirements-multiworker.txt")
-RUN_FILES = {"config.json", "checkpoint.npz", "best.weights.h5", "history.csv",
+RUN_FILES = {"config.json", "checkpoint.npz", "best.weights.npz", "history.csv",
              "results.json", "labels.json"}
 
 
@@ -121,14 +121,16 @@ for kind in ("none", "mirrored"):
     plan = distribution.create(options, device)
     print("plan:", plan.describe(config.batch_size), flush=True)
     for epochs in (2, 3):                     # then resumed for a third epoch
-        training.run(override(config, epochs=epochs), options, data, device, plan=plan)
+        training.run(override(config, epochs=epochs), options, data, device, cluster=plan)
 """
 
 
-def checkpoint_arrays(folder, prefix="model_"):
+def checkpoint_arrays(folder, prefix="model/"):
+    """The checkpoint's arrays whose keys start with `prefix` (model/PATH, optimizer/...),
+    in key order; at least one."""
     with np.load(os.path.join(folder, "checkpoint.npz")) as saved:
-        names = sorted((k for k in saved.files if k.startswith(prefix)),
-                       key=lambda k: int(k[len(prefix):]))
+        names = sorted(k for k in saved.files if k.startswith(prefix))
+        assert names, f"no {prefix} arrays in {folder}/checkpoint.npz"
         return [saved[k] for k in names]
 
 
@@ -205,7 +207,7 @@ def saved_epochs(out):
 
 
 def assert_same_training_state(chief_dir, worker_dir):
-    for prefix in ("model_", "optimizer_"):
+    for prefix in ("model/", "optimizer/"):
         chief, worker = checkpoint_arrays(chief_dir, prefix), checkpoint_arrays(worker_dir, prefix)
         assert len(chief) == len(worker) > 0
         for a, b in zip(chief, worker):
