@@ -12,7 +12,6 @@ Every flag of train_cifar10.py (preset, model size, ...) works here too.
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import glob
 import os

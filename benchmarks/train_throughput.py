@@ -29,7 +29,6 @@ unless --batch-size is given) and prints a table.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics

@@ -116,3 +116,13 @@ def cpu_only_host():
     import tensorflow as tf
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this host has a GPU; the test is about asking for one in vain")
+
+
+def saved_epochs(out):
+    """The epochs done in a run directory's checkpoint.npz (0 while there is none)."""
+    import numpy as np
+    try:
+        with np.load(os.path.join(out, "checkpoint.npz")) as saved:
+            return run_dir.RunState.from_json(saved["state"].tobytes().decode()).epochs_done
+    except (OSError, KeyError, ValueError):
+        return 0

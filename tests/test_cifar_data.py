@@ -1,9 +1,7 @@
 """The loader on archives and folders with the official layout, and on bad ones."""
 import gzip
-import io
 import os
 import pickle
-import tarfile
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ import pytest
 import archives
 import devices
 import distribution
-from conftest import ROOT
+from conftest import ROOT, saved_epochs
 from errors import UsageError
 
 # Keras 2 is there: TF 2.10's own, or tf-keras beside Keras 3 (requirements-multiworker.txt)
@@ -195,15 +195,6 @@ def finish(processes, timeout=600):
     for process, (stdout, stderr) in zip(processes, outputs):
         assert process.returncode == 0, stderr[-3000:]
     return outputs
-
-
-def saved_epochs(out):
-    from run_dir import RunState
-    try:
-        with np.load(os.path.join(out, "checkpoint.npz")) as saved:
-            return RunState.from_json(saved["state"].tobytes().decode()).epochs_done
-    except (OSError, KeyError, ValueError):
-        return 0
 
 
 def assert_same_training_state(chief_dir, worker_dir):

@@ -20,7 +20,6 @@ from errors import RunStopped, UsageError
 
 @pytest.fixture
 def tiny_model():
-    import tensorflow as tf
     import training
     from config import PRESETS
     from vit_model import build_model

@@ -22,7 +22,7 @@ import cifar_data
 import devices
 import run_dir
 import training
-from conftest import CPP_LOG, ROOT, app_environment, run_app
+from conftest import CPP_LOG, ROOT, app_environment, run_app, saved_epochs
 from config import PRESETS, RunOptions, override, to_json
 from errors import RunStopped
 from run_dir import RunState
@@ -47,14 +47,6 @@ def start(args):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train_cifar10.py"),
                              *map(str, args)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=app_environment())
-
-
-def saved_epochs(out):
-    try:
-        with np.load(os.path.join(out, "checkpoint.npz")) as saved:
-            return RunState.from_json(saved["state"].tobytes().decode()).epochs_done
-    except (OSError, KeyError, ValueError):
-        return 0
 
 
 def wait_for_epoch(process, out, epoch, timeout=120):

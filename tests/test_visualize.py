@@ -1,26 +1,17 @@
-"""Looking at a run: figures, attention rollout, predict.py, evaluate.py, TensorBoard logs.
+"""visualize.py: attention rollout, the figures of a run and their sizes, redrawing them.
 
-One tiny run (overlapping 8x8 patches at stride 4: 49 patches) is trained once and shared by
-the tests that need a trained model.
+One tiny run (overlapping 8x8 patches at stride 4: 49 patches, conftest.tiny_run) is trained
+once and shared by the tests that need a trained model.
 """
-import contextlib
 import importlib.util
-import io
 import json
 import os
-import shutil
-import struct
-from dataclasses import replace
 
 import numpy as np
 import pytest
-import tensorflow as tf
 
-from conftest import assert_figures, expected_size, png_size, run_app
-from config import PRESETS
-import evaluate
+from conftest import assert_figures, expected_size, png_size
 import label_names
-import predict
 import run_dir
 import visualize
 from vit_model import build_model
