@@ -446,6 +446,15 @@ def override(config: TrainConfig, **values) -> TrainConfig:
         config.augmentation, **augmentation))
 
 
+def listed_differences(differences) -> str:
+    """(field, value, other value) triples as one message's list: "--num-layers 8, not 4,
+    --head-units 512 256, not 64"."""
+    def shown(value):
+        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+    return ", ".join(f"{flag_name(name)} {shown(value)}, not {shown(other)}"
+                     for name, value, other in differences)
+
+
 def differences_that_block_resume(saved: TrainConfig, wanted: TrainConfig) -> list:
     """(field, saved value, wanted value) for every experiment setting that differs and would
     make a resumed run a different run (all but the resumable ones), in field order."""

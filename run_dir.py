@@ -55,8 +55,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 import label_names
-from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, flag_name, \
-    from_json, override, to_json
+from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, from_json, \
+    listed_differences, override, to_json
 from errors import RunStopped, UsageError, first_line
 from flags import split_settings
 
@@ -565,15 +565,9 @@ def check_resumable(saved: TrainConfig, wanted: TrainConfig, output_dir: str) ->
                          f"train_{saved.dataset}.py, or pick another --output-dir")
     differences = differences_that_block_resume(saved, wanted)
     if differences:
-        listed = ", ".join(f"{flag_name(name)} {_shown(old)}, not {_shown(new)}"
-                           for name, old, new in differences)
-        raise UsageError(f"{output_dir} holds a run with {listed}; leave those flags out to "
-                         "resume it with its own settings, add --restart to start it over "
-                         "with yours, or pick another --output-dir")
-
-
-def _shown(value) -> str:
-    return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
+        raise UsageError(f"{output_dir} holds a run with {listed_differences(differences)}; "
+                         "leave those flags out to resume it with its own settings, add "
+                         "--restart to start it over with yours, or pick another --output-dir")
 
 
 # --- one trainer per run directory --------------------------------------------------------------

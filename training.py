@@ -33,7 +33,7 @@ import input_pipeline
 import optimization
 import run_dir
 import visualize
-from config import RunOptions, TrainConfig, flag_name, flat, from_json, to_json
+from config import RunOptions, TrainConfig, flat, from_json, listed_differences, to_json
 from errors import RunStopped, UsageError, first_line
 from run_dir import RunState
 from vit_model import build_model
@@ -434,11 +434,8 @@ def share_start(plan: "distribution.Plan", config: TrainConfig,
     chief = json.loads(distribution.broadcast_bytes(plan, None))
     chiefs = flat(from_json(chief["experiment"], "the chief's config")[0])
     mine = flat(config)
-
-    def shown(value):
-        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    differences = ", ".join(f"{flag_name(name)} {shown(mine[name])}, not {shown(chiefs[name])}"
-                            for name in mine if mine[name] != chiefs[name])
+    differences = listed_differences((name, mine[name], chiefs[name]) for name in mine
+                                     if mine[name] != chiefs[name])
     if differences:
         raise UsageError(f"this worker was started with {differences} (the chief's); start "
                          "every worker with the same flags")
@@ -485,7 +482,8 @@ def plan_time_budget(model, config: TrainConfig, options: RunOptions, train_data
     BUDGET_SHARE of the budget, the calibration included: whole epochs, the last one cut short
     (the Bookkeeper stops it at `last_epoch_steps`, a resumed run too), with the warmup the
     same share of the schedule as in the config. The model's weights and optimizer state are
-    put back as they were: the calibration steps train nothing. Returns the plan, as results.json records it."""
+    put back as they were: the calibration steps train nothing. Returns the plan, as
+    results.json records it."""
     started = time.perf_counter()
     optimizer = model.optimizer
     run_dir.build_optimizer_slots(optimizer, model)      # slots exist; a fresh Adam state:
