@@ -2,8 +2,8 @@
 """The app's training throughput against the PyTorch (and optionally JAX) peers, interleaved in
 one run on one machine, so that the ratio is measured under the same conditions.
 
-    python benchmarks/compare_peers.py --peer-python /tmp/peers/bin/python
-    python benchmarks/compare_peers.py --app-python /tmp/venvs/dml/bin/python \\
+    python -m benchmarks.compare_peers --peer-python /tmp/peers/bin/python
+    python -m benchmarks.compare_peers --app-python /tmp/venvs/dml/bin/python \\
         --peer-python /tmp/peers/bin/python --rounds 5 --jax
 
 Each round runs, one after the other: the app's benchmark on one fixed batch
@@ -25,7 +25,7 @@ import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-APP = os.path.join(ROOT, "benchmarks", "train_throughput.py")
+APP = ["-m", "benchmarks.train_throughput"]      # run from ROOT
 
 
 def default_peers() -> str:
@@ -36,7 +36,7 @@ def default_peers() -> str:
 
 
 def run(command, env=None) -> str:
-    result = subprocess.run(command, capture_output=True, text=True,
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, **(env or {})})
     if result.returncode:
         sys.exit(f"error: {' '.join(command)} failed:\n{result.stderr[-2000:]}")
@@ -77,7 +77,7 @@ def main() -> int:
     args = parser.parse_args()
 
     batch, steps = str(args.batch_size), str(args.steps)
-    app = [args.app_python, APP, "--batch-size", batch, "--steps", steps, "--windows", "5"]
+    app = [args.app_python, *APP, "--batch-size", batch, "--steps", steps, "--windows", "5"]
     peer_steps = str(5 * args.steps)
     torch_cmd = [args.peer_python, os.path.join(args.peers, "peer_torch.py"),
                  "--batch", batch, "--steps", peer_steps]

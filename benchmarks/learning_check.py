@@ -6,8 +6,8 @@ CIFAR cannot be downloaded on machines without internet, so this packs Fashion-M
 layout (28x28 grey images padded to 32x32 and repeated over 3 channels), then runs the real
 entry point, train_cifar10.py, on it:
 
-    python benchmarks/learning_check.py --preset tiny --epochs 5
-    python benchmarks/learning_check.py --preset sample --epochs 5 --train-images 10000
+    python -m benchmarks.learning_check --preset tiny --epochs 5
+    python -m benchmarks.learning_check --preset sample --epochs 5 --train-images 10000
 
 Everything after `--` goes to train_cifar10.py unchanged (any training flag), e.g.
 `-- --batch-size 128 --mixup-alpha 0.2`. Prints one line with the test top-1 of the run.
@@ -26,11 +26,11 @@ import tempfile
 
 import numpy as np
 
+from errors import UsageError, entry_point
+from flags import Parser
+from tests import archives      # the official-layout archive writer the tests use
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
-import archives  # noqa: E402  (the official-layout archive writer the tests use)
-from errors import UsageError, entry_point  # noqa: E402
-from flags import Parser  # noqa: E402
 
 ARCHIVE = "fashion-as-cifar-10.tar.gz"
 NAMES = ["t-shirt", "trouser", "pullover", "dress", "coat",

@@ -1,6 +1,6 @@
 """Throughput of the training input pipeline against the per-image way, and against training.
 
-    python benchmarks/pipeline_throughput.py [--seconds 3] [--windows 5] [--batch-size 512]
+    python -m benchmarks.pipeline_throughput [--seconds 3] [--windows 5] [--batch-size 512]
 
 Measures, on synthetic uint8 images of CIFAR's shape (the numbers do not depend on pixel
 values), in interleaved timed windows so that every figure sees the same machine load:
@@ -26,9 +26,8 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import devices  # noqa: E402
-from flags import verbose_requested  # noqa: E402
+import devices
+from flags import verbose_requested
 
 if "tensorflow" not in sys.modules:           # run as a script: a quiet TensorFlow start
     devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))

@@ -2,8 +2,8 @@
 """Where a training step's time goes: the TensorFlow profiler over a few steps of the app's
 model on one fixed batch (as `train_throughput.py --model-only`), summed by op type.
 
-    python benchmarks/profile_step.py                  # sample preset, batch 128
-    python benchmarks/profile_step.py --steps 5 --top 30
+    python -m benchmarks.profile_step                  # sample preset, batch 128
+    python -m benchmarks.profile_step --steps 5 --top 30
 
 Prints, per op type, the milliseconds per step and the share of all op time. Times are
 summed over TensorFlow's threads, so they add up to more than the wall time of a step; read
@@ -18,13 +18,10 @@ import os
 import sys
 import tempfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-import cli  # noqa: E402
-import flags  # noqa: E402
-from config import IMAGE_SIZE  # noqa: E402
-from errors import UsageError, entry_point  # noqa: E402
+import cli
+import flags
+from config import IMAGE_SIZE
+from errors import UsageError, entry_point
 
 
 def parse(argv):

@@ -8,9 +8,9 @@ dataset-fashion-mnist; 60,000 training and 10,000 test images, 28x28 grey padded
 over 3 channels) as a CIFAR-10 archive, as learning_check.py does: with the default
 validation fraction that is 51,000 training, 9,000 validation and 10,000 test images.
 
-    python benchmarks/time_to_accuracy.py --preset fast --seeds 2
-    python benchmarks/time_to_accuracy.py --preset sample --seeds 1 -- --time-budget 15
-    python benchmarks/time_to_accuracy.py --data-dir cifar-10-python.tar.gz --preset fast
+    python -m benchmarks.time_to_accuracy --preset fast --seeds 2
+    python -m benchmarks.time_to_accuracy --preset sample --seeds 1 -- --time-budget 15
+    python -m benchmarks.time_to_accuracy --data-dir cifar-10-python.tar.gz --preset fast
 
 Flags after `--` go to train_cifar10.py. It is a proxy for CIFAR, not CIFAR: clothes on a
 black ground are far easier than photos, so its accuracies are no CIFAR figures.
@@ -27,13 +27,13 @@ import tempfile
 
 import numpy as np
 
+from benchmarks.learning_check import NAMES, as_cifar, read_idx
+from config import PRESETS
+from errors import RunStopped, UsageError, entry_point
+from flags import Parser
+from tests import archives      # the official-layout archive writer the tests use
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests"), os.path.dirname(os.path.abspath(__file__))]
-import archives  # noqa: E402  (the official-layout archive writer the tests use)
-from learning_check import NAMES, as_cifar, read_idx  # noqa: E402
-from config import PRESETS  # noqa: E402
-from errors import RunStopped, UsageError, entry_point  # noqa: E402
-from flags import Parser  # noqa: E402
 
 
 def fashion_archive(folder: str, fashion_dir: str) -> str:

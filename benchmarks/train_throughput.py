@@ -2,9 +2,9 @@
 """Training images per second of the app's own training path, on whatever stack and device
 this Python has.
 
-    python benchmarks/train_throughput.py                      # sample preset, batch 128
-    python benchmarks/train_throughput.py --preset tiny --steps 10
-    python benchmarks/train_throughput.py --model-only         # one fixed batch, no tf.data
+    python -m benchmarks.train_throughput                      # sample preset, batch 128
+    python -m benchmarks.train_throughput --preset tiny --steps 10
+    python -m benchmarks.train_throughput --model-only         # one fixed batch, no tf.data
 
 What runs is what `train_cifar10.py` runs: synthetic uint8 CIFAR-shaped images (42,500 by
 default, like the sample's training split) go through `input_pipeline.train_dataset` with
@@ -22,7 +22,7 @@ FLOP/s they give, and that as a share of this machine's float32 matrix-multiply 
 measured in the same run (a 4096x4096 tf.matmul, --peak-size). Every flag of
 train_cifar10.py (preset, model size, --xla, --steps-per-execution, ...) works here too.
 
-    python benchmarks/train_throughput.py --all-presets          # one line per preset
+    python -m benchmarks.train_throughput --all-presets          # one line per preset
 
 runs the benchmark once per preset (each in its own process, the preset's own batch size
 unless --batch-size is given) and prints a table.
@@ -35,14 +35,13 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+import cli
+import flags
+import flops
+from config import DATASETS, IMAGE_SIZE, flag_name
+from errors import UsageError, entry_point
 
-import cli  # noqa: E402
-import flags  # noqa: E402
-import flops  # noqa: E402
-from config import DATASETS, IMAGE_SIZE, flag_name  # noqa: E402
-from errors import UsageError, entry_point  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(argv):
@@ -100,8 +99,8 @@ def all_presets(argv) -> int:
     print(f"{'preset':16s} {'batch':>5s} {'images/s':>9s} {'MFLOP/image':>12s} "
           f"{'GFLOP/s':>8s} {'of peak':>8s}")
     for name in PRESETS:
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--preset", name,
-                              *rest], capture_output=True, text=True)
+        out = subprocess.run([sys.executable, "-m", __spec__.name, "--preset", name,
+                              *rest], capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             print(f"{name:16s} failed: {out.stderr.strip().splitlines()[-1:]}")
             continue

@@ -1,51 +1,15 @@
-"""Shared test fixtures: tiny archives with the official layout, one tiny trained run, and
-running the app's scripts in a fresh Python."""
+"""Shared test fixtures: tiny archives with the official layout, one tiny trained run, a
+copy of it, and a host without a GPU. Shared functions are in helpers.py."""
 import contextlib
 import io
-import os
-import re
 import shutil
-import struct
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
-# For TensorFlow in this process; the app's own scripts (run_app) start as a user's would,
-# quiet by default (devices.prepare_environment), unless the variable was set outside.
-OWN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["KERAS_BACKEND"] = "tensorflow"
-
-import archives  # noqa: E402  (needs the path above)
-import run_dir  # noqa: E402
-import visualize  # noqa: E402
-from config import PRESETS, RunOptions, override  # noqa: E402
-
-
-def run_app(script, *args, timeout=300, env=None):
-    """Runs a top-level script of the app in a fresh Python; returns the CompletedProcess."""
-    full_env = app_environment(env)
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)],
-                          capture_output=True, text=True, timeout=timeout, env=full_env,
-                          cwd=ROOT)
-
-
-# A TensorFlow C++ log line: absl's (TF >= 2.16: "I0000 00:00:17... port.cc:153] ...", and
-# its "WARNING: All log messages before absl::InitializeLog()") or TF 2.10's
-# ("2026-01-01 10:00:00.123: I tensorflow/...").
-CPP_LOG = re.compile(r"^(WARNING: All log messages before absl|[IWEF]\d{4} \d\d:\d\d|"
-                     r"\d{4}-\d\d-\d\d [\d:.]+: [IWEF] )", re.M)
-
-
-def app_environment(env=None):
-    """This process's environment as a user's shell would have it, plus `env`."""
-    full_env = {**os.environ, **(env or {})}
-    if OWN_LOG_LEVEL and "TF_CPP_MIN_LOG_LEVEL" not in (env or {}):
-        del full_env["TF_CPP_MIN_LOG_LEVEL"]
-    return full_env
+import helpers  # noqa: F401  (first: sets TensorFlow's log level before it is imported)
+import archives
+import run_dir
+from config import PRESETS, RunOptions, override
 
 
 @pytest.fixture(scope="session")
@@ -63,23 +27,6 @@ def cifar10_tar(tmp_path_factory, cifar10_files):
     """A tiny CIFAR-10 archive, not under the official name (whose SHA-256 it cannot have)."""
     return archives.write_tar(str(tmp_path_factory.mktemp("c10") / "tiny-cifar-10.tar.gz"),
                               cifar10_files[0])
-def png_size(path):
-    """(width, height) from a PNG's IHDR chunk, which must come first after the signature."""
-    with open(path, "rb") as handle:
-        head = handle.read(24)
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path} is not a PNG"
-    return struct.unpack(">II", head[16:24])
-
-
-def expected_size(name, num_classes=10):
-    inches = visualize.confusion_inches(num_classes) if name == run_dir.CONFUSION else \
-        visualize.INCHES[name]
-    return round(inches[0] * visualize.DPI), round(inches[1] * visualize.DPI)
-
-
-def assert_figures(folder, names):
-    for name in names:
-        assert png_size(os.path.join(folder, name)) == expected_size(name), name
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +55,6 @@ def run_copy(tiny_run, tmp_path):
     return copy
 
 
-
 @pytest.fixture
 def cpu_only_host():
     """Skips the test on a host where TensorFlow sees a GPU: it checks what happens when a
@@ -116,13 +62,3 @@ def cpu_only_host():
     import tensorflow as tf
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this host has a GPU; the test is about asking for one in vain")
-
-
-def saved_epochs(out):
-    """The epochs done in a run directory's checkpoint.npz (0 while there is none)."""
-    import numpy as np
-    try:
-        with np.load(os.path.join(out, "checkpoint.npz")) as saved:
-            return run_dir.RunState.from_json(saved["state"].tobytes().decode()).epochs_done
-    except (OSError, KeyError, ValueError):
-        return 0

@@ -8,12 +8,12 @@ import re
 import numpy as np
 import pytest
 
-from conftest import run_app
+from helpers import run_app, run_module
 
 
 @pytest.mark.slow
 def test_train_throughput_benchmark_prints_its_figures():
-    result = run_app("benchmarks/train_throughput.py", "--preset", "tiny", "--steps", 2,
+    result = run_module("benchmarks.train_throughput", "--preset", "tiny", "--steps", 2,
                      "--windows", 2, "--warmup", 1, "--images", 256, "--batch-size", 32,
                      "--peak-size", 256)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -28,20 +28,20 @@ def test_train_throughput_benchmark_prints_its_figures():
 
 @pytest.mark.slow
 def test_profile_benchmark_lists_op_types_and_rejects_bad_counts():
-    result = run_app("benchmarks/profile_step.py", "--preset", "tiny", "--steps", 1,
+    result = run_module("benchmarks.profile_step", "--preset", "tiny", "--steps", 1,
                      "--batch-size", 16, "--top", 50)
     assert result.returncode == 0, result.stderr[-2000:]
     shares = dict(re.findall(r"^  (\S+) +[\d.]+ ms/step +([\d.]+)%$", result.stdout, re.M))
     assert any("MatMul" in op for op in shares), result.stdout       # the model's Dense layers
     assert any(op.endswith("Softmax") and "Sparse" not in op for op in shares)
     assert 99.0 <= sum(map(float, shares.values())) <= 100.5         # all op types listed
-    bad = run_app("benchmarks/profile_step.py", "--steps", 0)
+    bad = run_module("benchmarks.profile_step", "--steps", 0)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --steps")
 
 
 @pytest.mark.slow
 def test_benchmark_runs_and_reports_the_ratios():
-    result = run_app("benchmarks/pipeline_throughput.py", "--images", 600, "--seconds", 0.05,
+    result = run_module("benchmarks.pipeline_throughput", "--images", 600, "--seconds", 0.05,
                      "--windows", 1, "--batch-size", 64, "--train-batch-sizes", 16,
                      "--preset", "tiny")
     assert result.returncode == 0, result.stderr[-2000:]
@@ -72,7 +72,7 @@ def test_learning_check_keeps_its_data_so_the_kept_run_evaluates(tmp_path):
                   rng.integers(0, 256, (count, 28, 28)))
         write_idx(fashion / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, count))
     run, data = tmp_path / "run", tmp_path / "data"
-    result = run_app("benchmarks/learning_check.py", "--fashion-dir", fashion,
+    result = run_module("benchmarks.learning_check", "--fashion-dir", fashion,
                      "--train-images", 120, "--test-images", 40, "--epochs", 1,
                      "--keep", run, "--keep-data", data, "--", "--batch-size", 32,
                      "--no-tensorboard")

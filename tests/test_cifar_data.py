@@ -283,7 +283,7 @@ def test_malformed_archive_is_refused_and_runs_nothing(tmp_path, cifar10_files, 
 
 @pytest.mark.slow
 def test_the_cli_reports_a_crafted_archive_in_one_line(tmp_path, cifar10_files):
-    from conftest import run_app
+    from helpers import run_app
     marker = tmp_path / "marker"
     path = malformed("pickle imports eval", tmp_path, cifar10_files[0], marker)
     result = run_app("train_cifar10.py", "--data-dir", path, "--output-dir", tmp_path / "o")

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import CPP_LOG, ROOT, app_environment, run_app
+from helpers import CPP_LOG, ROOT, app_environment, run_app
 
 
 @pytest.mark.slow
@@ -28,10 +28,8 @@ def test_bad_data_get_one_line_and_exit_code_2(tmp_path, cifar10_tar, make_dir, 
 def test_gpu_flag_sets_both_variables_before_tensorflow_is_imported(tmp_path):
     """An import hook records the variables at the moment TensorFlow is first imported."""
     record = tmp_path / "seen.json"
-    probe = tmp_path / "probe.py"
-    probe.write_text(f"""
+    probe = f"""
 import importlib.abc, json, os, sys
-sys.path.insert(0, {ROOT!r})
 class Spy(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "tensorflow" and not os.path.exists({str(record)!r}):
@@ -42,11 +40,11 @@ class Spy(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Spy())
 import cli
 sys.exit(cli.main("cifar10", ["--gpu", "1", "--list-devices"]))
-""")
+"""
     env = {k: v for k, v in os.environ.items() if not k.endswith("VISIBLE_DEVICES")}
     import subprocess
-    result = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True,
-                            env=env, timeout=120)
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            env=env, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert json.loads(record.read_text()) == {"DML_VISIBLE_DEVICES": "1",
                                               "CUDA_VISIBLE_DEVICES": "1"}

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import run_dir
-from conftest import ROOT, app_environment, assert_figures, run_app
+from helpers import ROOT, app_environment, assert_figures, run_app
 
 OTHER = os.environ.get("OTHER_STACK_PYTHON")
 pytestmark = [pytest.mark.slow,
@@ -24,16 +24,15 @@ pytestmark = [pytest.mark.slow,
 # what the other stack makes of every array of this stack's checkpoint.
 ROUND_TRIP = """
 import sys
-sys.path.insert(0, sys.argv[1])
 import devices
 devices.prepare_environment(None)
 import run_dir, training
 from vit_model import build_model
-config, options = run_dir.read_config(sys.argv[2])
+config, options = run_dir.read_config(sys.argv[1])
 model = build_model(config)
 training.compile_model(model, config)
-state = run_dir.load_checkpoint(sys.argv[3], model, model.optimizer)
-run_dir.save_checkpoint(sys.argv[4], model, model.optimizer, state)
+state = run_dir.load_checkpoint(sys.argv[2], model, model.optimizer)
+run_dir.save_checkpoint(sys.argv[3], model, model.optimizer, state)
 import tensorflow as tf
 print("keras", tf.keras.__version__)
 """
@@ -86,7 +85,7 @@ def test_cross_stack_a_run_evaluates_predicts_and_draws_there(here_run, tmp_path
 
 def test_cross_stack_a_checkpoint_keeps_every_array_there(here_run, tmp_path):
     again = tmp_path / "again.npz"
-    result = other_stack("-c", ROUND_TRIP, ROOT, here_run, here_run / run_dir.CHECKPOINT, again)
+    result = other_stack("-c", ROUND_TRIP, here_run, here_run / run_dir.CHECKPOINT, again)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "warning" not in result.stdout                  # the optimizer state fitted
     with np.load(here_run / run_dir.CHECKPOINT) as mine, np.load(again) as theirs:

@@ -15,7 +15,7 @@ import pytest
 import archives
 import devices
 import distribution
-from conftest import ROOT, saved_epochs
+from helpers import ROOT, saved_epochs
 from errors import UsageError
 
 # Keras 2 is there: TF 2.10's own, or tf-keras beside Keras 3 (requirements-multiworker.txt)
@@ -102,7 +102,6 @@ def test_a_workers_own_folder_is_temporary_unless_named(tmp_path, monkeypatch):
 
 MIRRORED_SCRIPT = """
 import sys
-sys.path.insert(0, {root!r})
 import devices
 devices.prepare_environment(None, "mirrored")
 import tensorflow as tf
@@ -145,9 +144,8 @@ def test_mirrored_on_two_replicas_trains_as_one_device_does(tmp_path, cifar10_ta
     """Same global batch (16 = 2 x 8) and seed: the same weights after two epochs and a
     resumed third, up to the float rounding of summing two half-batch gradients (measured
     at most 3e-5; a sparse position-embedding gradient, now dense, made it 5e-3)."""
-    script = tmp_path / "mirrored.py"
-    script.write_text(MIRRORED_SCRIPT.format(root=ROOT, tar=cifar10_tar, out=str(tmp_path)))
-    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+    script = MIRRORED_SCRIPT.format(tar=cifar10_tar, out=str(tmp_path))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "plan: one device" in result.stdout

@@ -1,7 +1,7 @@
 """flags.py: training flags generated from the config, one-line errors, no abbreviations."""
 import pytest
 
-from conftest import run_app
+from helpers import run_app
 import flags
 from config import PRESETS, RunOptions, TrainConfig, override
 from errors import UsageError

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from conftest import ROOT
+from helpers import ROOT
 
 ENTRY_POINTS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "visualize",
                 "flops", "preview_augmentations"}

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CPP_LOG, run_app
+from helpers import CPP_LOG, run_app
 import label_names
 import predict
 import run_dir

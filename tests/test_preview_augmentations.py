@@ -1,7 +1,7 @@
 """preview_augmentations.py: a PNG grid of real training images and augmented copies."""
 import pytest
 
-from conftest import run_app
+from helpers import run_app
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import run_dir
+from helpers import ROOT
 from config import PRESETS, RunOptions, override, to_json
 from run_dir import RunState, WeightsError
 from errors import RunStopped, UsageError
@@ -321,10 +322,9 @@ def test_a_second_lock_on_a_run_directory_is_refused_naming_the_holder(tmp_path)
 def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path):
     folder = str(tmp_path / "run")
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; sys.path.insert(0, sys.argv[1]); "
-         "import run_dir; run_dir.RunLock(sys.argv[2]).acquire(); print('held', flush=True); "
-         "time.sleep(300)", os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-         folder], stdout=subprocess.PIPE, text=True)
+        [sys.executable, "-c", "import sys, time; "
+         "import run_dir; run_dir.RunLock(sys.argv[1]).acquire(); print('held', flush=True); "
+         "time.sleep(300)", folder], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UsageError, match=f"process {holder.pid} "):

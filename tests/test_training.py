@@ -22,7 +22,7 @@ import cifar_data
 import devices
 import run_dir
 import training
-from conftest import CPP_LOG, ROOT, app_environment, run_app, saved_epochs
+from helpers import CPP_LOG, ROOT, app_environment, run_app, saved_epochs
 from config import PRESETS, RunOptions, override, to_json
 from errors import RunStopped
 from run_dir import RunState

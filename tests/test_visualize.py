@@ -1,6 +1,6 @@
 """visualize.py: attention rollout, the figures of a run and their sizes, redrawing them.
 
-One tiny run (overlapping 8x8 patches at stride 4: 49 patches, conftest.tiny_run) is trained
+One tiny run (overlapping 8x8 patches at stride 4: 49 patches, the tiny_run fixture) is trained
 once and shared by the tests that need a trained model.
 """
 import importlib.util
@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import assert_figures, expected_size, png_size
+from helpers import assert_figures, expected_size, png_size
 import label_names
 import run_dir
 import visualize
