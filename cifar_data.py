@@ -18,14 +18,13 @@ import pickle
 import tarfile
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 import numpy as np
 
-import label_names
+from datasets import DATASETS, DOWNLOAD_PAGE, PIXELS, Dataset
 from errors import UsageError, first_line
 
-PIXELS = 32 * 32 * 3
 # The official archives unpack to about 180 MB; a renamed archive is not checksummed, so
 # reading stops here rather than filling memory with a decompression bomb.
 MAX_UNPACKED_BYTES = 512 * 1024 * 1024
@@ -33,34 +32,6 @@ MAX_UNPACKED_BYTES = 512 * 1024 * 1024
 
 class DataError(UsageError):
     """The data cannot be had or cannot be trusted; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ArchiveSpec:
-    display_name: str
-    archive: str            # official file name
-    folder: str             # the folder inside the archive
-    train_files: Tuple[str, ...]
-    test_files: Tuple[str, ...]
-    meta_file: str
-    label_key: bytes        # CIFAR-100: the 100 fine labels, not the 20 coarse ones
-    names_key: bytes
-    num_classes: int
-    sha256: str             # of the official archive, as keras.datasets checks it
-
-
-SPECS: Dict[str, ArchiveSpec] = {
-    "cifar10": ArchiveSpec(
-        "CIFAR-10", "cifar-10-python.tar.gz", "cifar-10-batches-py",
-        tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
-        b"labels", b"label_names", 10,
-        "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"),
-    "cifar100": ArchiveSpec(
-        "CIFAR-100", "cifar-100-python.tar.gz", "cifar-100-python",
-        ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names", 100,
-        "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),
-}
-DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 
 
 @dataclass
@@ -73,7 +44,7 @@ class CifarData:
 
 
 def load(dataset: str, data_dir: Optional[str] = None) -> CifarData:
-    spec = SPECS[dataset]
+    spec = DATASETS[dataset]
     if data_dir is None:
         return _load_through_keras(dataset)
     return _load_from_path(spec, data_dir)
@@ -94,7 +65,7 @@ def split_validation(images: np.ndarray, labels: np.ndarray, fraction: float, se
 def _load_through_keras(dataset: str) -> CifarData:
     import tensorflow as tf
 
-    spec = SPECS[dataset]
+    spec = DATASETS[dataset]
     module = getattr(tf.keras.datasets, dataset)
     kwargs = {"label_mode": "fine"} if dataset == "cifar100" else {}
     try:
@@ -106,12 +77,12 @@ def _load_through_keras(dataset: str) -> CifarData:
             f"without internet, fetch {spec.archive} from {DOWNLOAD_PAGE} elsewhere and pass "
             f"--data-dir FOLDER_WITH_IT") from None
     return CifarData(x_train, y_train.reshape(-1).astype(np.int64), x_test,
-                     y_test.reshape(-1).astype(np.int64), label_names.official(dataset))
+                     y_test.reshape(-1).astype(np.int64), list(DATASETS[dataset].class_names))
 
 
 # --- the official archives and folders --------------------------------------------------------
 
-def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
+def _load_from_path(spec: Dataset, data_dir: str) -> CifarData:
     if not os.path.exists(data_dir):
         raise DataError(f"--data-dir {data_dir} does not exist; pass the folder that holds "
                         f"{spec.archive} or {spec.folder}/")
@@ -123,7 +94,7 @@ def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
     for folder in (os.path.join(data_dir, spec.folder), data_dir):
         if os.path.isfile(os.path.join(folder, spec.meta_file)):
             return _read_folder(spec, folder)
-    for other in SPECS.values():
+    for other in DATASETS.values():
         if other is not spec and (os.path.exists(os.path.join(data_dir, other.archive))
                                   or os.path.isdir(os.path.join(data_dir, other.folder))):
             raise _wrong_dataset(data_dir, other, spec)
@@ -135,7 +106,7 @@ def _load_from_path(spec: ArchiveSpec, data_dir: str) -> CifarData:
         raise DataError(f"{data_dir} holds no {spec.archive} but several archives that may be "
                         f"{spec.display_name}: {', '.join(sorted(map(os.path.basename, mine)))}; "
                         f"pass the one to use as --data-dir {os.path.join(data_dir, 'NAME')}")
-    others = [o for o in SPECS.values() if o.folder in found.values()]
+    others = [o for o in DATASETS.values() if o.folder in found.values()]
     if others:
         raise _wrong_dataset(data_dir, others[0], spec)
     raise DataError(f"no {spec.archive} or {spec.folder}/ in {data_dir}; download "
@@ -148,7 +119,7 @@ def archives_in(folder: str) -> Dict[str, Optional[str]]:
     CIFAR archives under any name, judged by their first member (one tar block is
     decompressed). None: a gzip file too damaged to tell, kept so that reading it says
     what is wrong. Gzip files of other kinds (not a tar, another first folder) are left out."""
-    folders = {spec.folder for spec in SPECS.values()}
+    folders = {spec.folder for spec in DATASETS.values()}
     found = {}
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
@@ -173,7 +144,7 @@ def archives_in(folder: str) -> Dict[str, Optional[str]]:
     return found
 
 
-def _read_folder(spec: ArchiveSpec, folder: str) -> CifarData:
+def _read_folder(spec: Dataset, folder: str) -> CifarData:
     def read(name: str) -> bytes:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
@@ -184,15 +155,15 @@ def _read_folder(spec: ArchiveSpec, folder: str) -> CifarData:
     return _assemble(spec, read, folder)
 
 
-def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
+def _read_archive(spec: Dataset, path: str) -> CifarData:
     name = os.path.basename(path)
     if name == spec.archive:
         digest = _sha256(path)
         if digest != spec.sha256:
             raise DataError(f"{path} is not the official {spec.archive} (SHA-256 {digest[:12]}... "
                             f"differs; a broken or partial download?); download it again")
-    elif name in {other.archive for other in SPECS.values()}:
-        raise _wrong_dataset(path, next(o for o in SPECS.values() if o.archive == name), spec)
+    elif name in {other.archive for other in DATASETS.values()}:
+        raise _wrong_dataset(path, next(o for o in DATASETS.values() if o.archive == name), spec)
     else:
         print(f"warning: {name} is not named {spec.archive}, so its checksum is not checked")
     try:
@@ -225,14 +196,14 @@ def _read_archive(spec: ArchiveSpec, path: str) -> CifarData:
 
 
 def _missing_member_error(spec, path, key, members) -> DataError:
-    for other in SPECS.values():
+    for other in DATASETS.values():
         if other is not spec and any(m.startswith(other.folder + "/") for m in members):
             return _wrong_dataset(path, other, spec)
     return DataError(f"{path} has no {key}: not a {spec.display_name} archive; download "
                      f"{spec.archive} again")
 
 
-def _wrong_dataset(where: str, other: ArchiveSpec, spec: ArchiveSpec) -> DataError:
+def _wrong_dataset(where: str, other: Dataset, spec: Dataset) -> DataError:
     """The one message for the other CIFAR found where `spec`'s data were looked for."""
     return DataError(f"{where} holds {other.display_name}, not {spec.display_name}; pass "
                      f"{spec.archive} (or its folder), or train on {other.display_name} "
@@ -247,7 +218,7 @@ def _sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _assemble(spec: ArchiveSpec, read, where: str) -> CifarData:
+def _assemble(spec: Dataset, read, where: str) -> CifarData:
     def batches(names):
         images, labels = [], []
         for name in names:
@@ -266,7 +237,7 @@ def _assemble(spec: ArchiveSpec, read, where: str) -> CifarData:
     return CifarData(x_train, y_train, x_test, y_test, [_text(n) for n in names])
 
 
-def _parse_batch(spec: ArchiveSpec, name: str, batch, where: str):
+def _parse_batch(spec: Dataset, name: str, batch, where: str):
     bad = f"{name} in {where} is not a {spec.display_name} batch"
     if not isinstance(batch, dict) or b"data" not in batch or spec.label_key not in batch:
         raise DataError(f"{bad} (no {spec.label_key.decode()} / data); download it again")

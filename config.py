@@ -8,7 +8,7 @@ A run has two parts, kept apart so that resuming compares only what decides the 
                 precision, steps per execution, TensorBoard. Any of it may change when a
                 run is resumed.
 Every field of both is a command-line flag, --field-name (flags.py generates them), and
-config.json stores both (`to_json` / `from_json`; files of earlier versions still load).
+config.json stores both (`to_json` / `from_json`).
 
 This module imports no TensorFlow: flags are parsed and checked, and the GPU is chosen,
 before TensorFlow is imported (DML_VISIBLE_DEVICES is only read at import time).
@@ -86,10 +86,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+from datasets import DATASETS, IMAGE_SIZE
 from errors import UsageError
 
-IMAGE_SIZE = 32  # CIFAR images are 32x32x3 uint8
-DATASETS = {"cifar10": ("CIFAR-10", 10), "cifar100": ("CIFAR-100", 100)}
 # RandAugment's operations, each with its bound at magnitude MAX_MAGNITUDE in the units of
 # its function in data_augmentations.py; bounds scale linearly with the magnitude (the
 # default 9 of 30: rotations up to 13.5 degrees, shifts up to 15% of the image, ...). Here,
@@ -105,13 +104,12 @@ RANDAUGMENT_STRENGTH = {"rotation": 45.0, "shear": 0.5, "zoom": 0.5, "translatio
                         "autocontrast": 1.0, "equalize": 1.0, "posterize": 1.0,
                         "solarize": 1.0, "sharpness": 0.9}
 RANDAUGMENT_OPS = tuple(RANDAUGMENT_STRENGTH)
-# The sample preset's operations, the app's first eight (runs made before the pixel
-# operations existed keep their augmentation).
+# The sample preset's operations: the geometric and colour ones, without the pixel ones.
 DEFAULT_RANDAUGMENT_OPS = RANDAUGMENT_OPS[:8]
 POOLINGS = ("class_token", "mean")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("plateau", "cosine")
-CONFIG_FORMAT = 2        # config.json: 1 = one flat dict (before RunOptions existed)
+CONFIG_FORMAT = 2        # config.json's "format": the layout to_json writes
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 
 
@@ -271,11 +269,11 @@ class TrainConfig:
     # Derived facts, in one place so that model, data and checks agree.
     @property
     def num_classes(self) -> int:
-        return DATASETS[self.dataset][1]
+        return DATASETS[self.dataset].num_classes
 
     @property
     def display_name(self) -> str:
-        return DATASETS[self.dataset][0]
+        return DATASETS[self.dataset].display_name
 
     @property
     def soft_labels(self) -> bool:
@@ -381,10 +379,9 @@ class RunOptions:
         "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)"))
 
     def __post_init__(self):
-        # config.json files written before --gpu took a list hold an int (or null); "0, 1"
-        # is kept as "0,1", the form the GPU variables take.
-        if self.gpu is not None:
-            object.__setattr__(self, "gpu", str(self.gpu).replace(" ", ""))
+        # "0, 1" is kept as "0,1", the form the GPU variables take.
+        if isinstance(self.gpu, str):
+            object.__setattr__(self, "gpu", self.gpu.replace(" ", ""))
 
     @property
     def gpu_indices(self) -> Tuple[int, ...]:
@@ -396,7 +393,7 @@ class RunOptions:
     def validate(self) -> "RunOptions":
         _check_positive(self, "steps_per_execution")
         if self.gpu is not None:
-            indices = self.gpu.split(",")
+            indices = self.gpu.split(",") if isinstance(self.gpu, str) else [""]
             if not all(index.isdigit() for index in indices) or \
                     len(set(map(int, indices))) != len(indices):
                 raise UsageError(f"--gpu must be a GPU index 0 or more, or distinct indices "
@@ -471,32 +468,24 @@ def to_json(config: TrainConfig, options: RunOptions) -> dict:
 
 
 def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, RunOptions]:
-    """The (TrainConfig, RunOptions) of a config.json's contents; raises UsageError naming
-    every unknown key, or every missing experiment setting of a current-format file. Files
-    of format 1 (one flat dict) may lack settings added since, and any file run options
-    added since: they get the defaults, which reproduce what those versions did. An int
-    "gpu" (before --gpu took a list) loads as that index."""
+    """The (TrainConfig, RunOptions) of a config.json's contents; raises UsageError for a file
+    of another format, naming every unknown key or missing experiment setting. A missing run
+    option gets its default: any run option may change when a run resumes."""
     if not isinstance(values, dict):
         raise UsageError(f"{where} is not a JSON object")
+    if values.get("format") != CONFIG_FORMAT:
+        found = f"format {values['format']!r}" if "format" in values else "no format"
+        raise UsageError(f"{where} has {found}; this version of the app reads format "
+                         f"{CONFIG_FORMAT} only: train the run again with this version, or "
+                         "open it with the version that wrote it")
     run_names = {f.name for f in dataclasses.fields(RunOptions)}
-    if "format" in values:
-        if values["format"] != CONFIG_FORMAT:
-            raise UsageError(f"{where} has format {values['format']!r}, which this version "
-                             f"does not read (it reads {CONFIG_FORMAT}); update the app")
-        experiment = dict(values.get("experiment") or {})
-        run = dict(values.get("run") or {})
-        experiment.update(experiment.pop("augmentation", None) or {})
-        unknown = sorted(set(values) - {"format", "experiment", "run"})
-        required = True
-    else:                                                          # format 1: flat
-        experiment = {k: v for k, v in values.items() if k not in run_names}
-        run = {k: v for k, v in values.items() if k in run_names}
-        unknown, required = [], False
+    experiment = dict(values.get("experiment") or {})
+    run = dict(values.get("run") or {})
+    experiment.update(experiment.pop("augmentation", None) or {})
     leaf = {f.name for f in leaf_fields()}
-    unknown = sorted(set(unknown) | (set(experiment) - leaf) | (set(run) - run_names))
-    # Run options added since a file was written (--distribute) get their defaults: any run
-    # option may change when a run resumes. A missing experiment setting is an error.
-    missing = sorted(leaf - set(experiment)) if required else []
+    unknown = sorted((set(values) - {"format", "experiment", "run"}) |
+                     (set(experiment) - leaf) | (set(run) - run_names))
+    missing = sorted(leaf - set(experiment))
     if unknown or missing:
         said = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + \
                ([f"missing keys {', '.join(missing)}"] if missing else [])

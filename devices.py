@@ -221,24 +221,10 @@ def use_mixed_precision(setting: str, device: Device) -> bool:
     return setting == "on"
 
 
-def keras_version() -> str:
-    """The version of the Keras that tf.keras is: Keras 3's, TF 2.10's bundled Keras, or
-    tf-keras's under TF_USE_LEGACY_KERAS=1, where tf.keras has no __version__. The one
-    Keras-version check of the app (vit_model.KERAS_3, optimization.KERAS_3 use it)."""
-    import tensorflow as tf
-    version = getattr(tf.keras, "__version__", None)
-    if version is None:                          # tf.keras is tf_keras.api._v2.keras
-        import tf_keras
-        version = tf_keras.__version__
-    return version
-
-
-def keras_major() -> int:
-    return int(keras_version().split(".")[0])
-
-
 def versions() -> dict:
     import tensorflow as tf
+
+    from keras_compat import keras_version
     return {"tensorflow_version": tf.__version__, "keras_version": keras_version(),
             "python_version": platform.python_version()}
 

@@ -11,8 +11,9 @@ import re
 import typing
 from typing import Dict, List, Optional, Tuple
 
-from config import (DATASETS, PRESETS, Augmentation, RunOptions, TrainConfig, flag_name, flat,
+from config import (PRESETS, Augmentation, RunOptions, TrainConfig, flag_name, flat,
                     leaf_fields, override)
+from datasets import DATASETS
 from errors import UsageError
 
 
@@ -58,7 +59,7 @@ def setting_fields() -> List[dataclasses.Field]:
 
 
 def build_train_parser(dataset: str) -> Parser:
-    name = DATASETS[dataset][0]
+    name = DATASETS[dataset].display_name
     parser = Parser(
         prog=f"train_{dataset}.py",
         description=f"Train a Vision Transformer from scratch on {name}, on a DirectML or "

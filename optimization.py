@@ -17,7 +17,7 @@ How training.compile_model calls it, on a built model::
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, ...)
 
 - `"constant"` gives a float: the optimizer then holds the rate in a variable,
-  and the Bookkeeper's plateau halving (`optimizer.learning_rate = x`) works as today.
+  and the Bookkeeper's plateau halving (`optimizer.learning_rate = x`) sets it.
 - `"cosine"` gives a `WarmupCosine`. Its rate is a pure function of
   `optimizer.iterations`, which checkpoint.npz saves, so a resumed run follows the rates of
   an uninterrupted one as long as it is given the same total/warmup steps. The caller must
@@ -29,12 +29,13 @@ How training.compile_model calls it, on a built model::
   label_smoothing): with `label_smoothing > 0` the caller must one-hot every label
   (training, validation and test), i.e. label_classes(config) must return num_classes,
   and pass one_hot=True here.
-- checkpoint.npz holds the optimizer's variables by position, and which exist depends on
-  the settings (Keras 3 keeps a constant rate in a variable, a schedule in none): a run
-  resumes only with the same optimizer and lr_schedule (config fields not resumable).
-- The sample preset (`"adam"`, constant rate, no clipping) builds exactly today's optimizer:
-  `keras.optimizers.Adam(learning_rate=...)`, which is the legacy (OptimizerV2) Adam on
-  TF 2.10 and Keras 3's Adam on TF >= 2.16.
+- checkpoint.npz holds the optimizer's variables keyed by slot and weight path, and which
+  exist depends on the settings (Keras 3 keeps a constant rate in a variable, a schedule in
+  none): a run resumes only with the same optimizer and lr_schedule (config fields not
+  resumable).
+- The sample preset (`"adam"`, constant rate, no clipping) builds
+  `keras.optimizers.Adam(learning_rate=...)`: the legacy (OptimizerV2) Adam on TF 2.10,
+  Keras 3's Adam on TF >= 2.16.
 """
 from __future__ import annotations
 
@@ -44,12 +45,10 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
-import devices
 from config import OPTIMIZERS
+from keras_compat import KERAS_3, register
 
 keras = tf.keras
-KERAS_3 = devices.keras_major() >= 3       # tf-keras's tf.keras has no __version__
-register = keras.utils.register_keras_serializable(package="vit")
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 LR_SCHEDULES = ("constant", "cosine")     # a plateau run's rate is a constant one here
@@ -165,7 +164,7 @@ def no_decay_variables(model) -> list:
 
 def build_optimizer(name: str, learning_rate: Union[float, LearningRateSchedule],
                     weight_decay: float = 0.0, clip_norm: Optional[float] = None, model=None):
-    """"adam": keras.optimizers.Adam (legacy Adam on TF 2.10, as today); weight_decay must
+    """"adam": keras.optimizers.Adam (the legacy OptimizerV2 Adam on TF 2.10); weight_decay must
     be 0. "adamw": Adam with decoupled weight decay, w -= rate * weight_decay * w at every
     step before the Adam update (rate: that step's scheduled rate), on every trainable
     weight of the (built) `model` but no_decay_variables(model). clip_norm None or 0: no clipping; else gradients are

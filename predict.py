@@ -19,7 +19,7 @@ from typing import List, Optional
 import numpy as np
 
 import run_dir
-from config import IMAGE_SIZE
+from datasets import IMAGE_SIZE
 from errors import UsageError, entry_point
 from flags import Parser, add_verbose_flag, verbose_requested
 

@@ -13,7 +13,8 @@ import sys
 from typing import List, Optional, Sequence
 
 import devices
-from config import DATASETS, override
+from config import override
+from datasets import DATASETS
 from errors import UsageError, entry_point
 from flags import Parser, parse_train_flags
 

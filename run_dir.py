@@ -19,9 +19,7 @@ Weights are portable: best.weights.npz and the model part of checkpoint.npz are 
 arrays keyed by each weight's path in the model ("vit/block_0/attention/qkv/kernel"), the
 same on Keras 3 (variable.path) and Keras 2.10 (variable.name less ":0"), so a run trained on
 one stack opens, evaluates and resumes on the other. The optimizer's Adam moments are keyed
-the same way ("optimizer/m/vit/..."). Runs of earlier versions (best.weights.h5, a
-checkpoint keyed by position) still load on the stack that wrote them; resuming one there
-converts its best weights to best.weights.npz.
+the same way ("optimizer/m/vit/...").
 
 Every file but the figures is written beside its destination under a `.partial-` name and
 renamed over it when complete, so a crash, a kill or a full disk leaves the previous version
@@ -54,7 +52,6 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-import label_names
 from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, from_json, \
     listed_differences, override, to_json
 from errors import RunStopped, UsageError, first_line
@@ -63,7 +60,6 @@ from flags import split_settings
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"
 BEST_WEIGHTS = "best.weights.npz"
-LEGACY_BEST_WEIGHTS = "best.weights.h5"   # earlier versions: Keras's own format, one stack
 LOCK = "training.lock"
 HISTORY = "history.csv"
 RESULTS = "results.json"
@@ -75,7 +71,7 @@ PREDICTIONS = "test_predictions.png"
 ATTENTION = "attention_maps.png"
 PATCHES = "patches.png"
 FIGURES = (CURVES, CONFUSION, PREDICTIONS, ATTENTION)     # drawn at the end of every run
-RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, LEGACY_BEST_WEIGHTS, HISTORY, RESULTS, LABELS)
+RUN_FILES = (CONFIG, CHECKPOINT, BEST_WEIGHTS, HISTORY, RESULTS, LABELS)
 
 
 def default_path(dataset: str) -> str:
@@ -86,7 +82,7 @@ def default_path(dataset: str) -> str:
 
 def partial_path(path: str) -> str:
     folder, name = os.path.split(path)
-    return os.path.join(folder, ".partial-" + name)   # keeps the suffix (.weights.h5, .npz)
+    return os.path.join(folder, ".partial-" + name)   # keeps the suffix (.npz, .json)
 
 
 def atomic_save(path: str, write: Callable[[str], None]) -> None:
@@ -219,69 +215,16 @@ def save_weights(model, path: str) -> None:
 
 
 def load_weights(model, path: str) -> None:
-    """Gives `model` the weights in `path`: a file of save_weights (either stack), or an
-    earlier version's .weights.h5 (Keras's own format, read by the stack that wrote it).
+    """Gives `model` the weights in `path`, a file of save_weights (either stack).
     WeightsError says "damaged" for a file that cannot be read, and names the weights that
     differ for one that does not fit."""
-    if path.endswith(".npz"):
-        _assign_model(model, _read_npz(path), path)
-        return
-    try:
-        model.load_weights(path)
-    except (OSError, ValueError) as error:
-        writer = _keras_h5_writer(path)
-        import devices
-        here = str(devices.keras_major())
-        if writer is not None and writer != here:
-            raise WeightsError(
-                f"{path} was written by an earlier version of the app on Keras {writer} "
-                f"({_STACKS.get(writer, 'another stack')}), in that Keras's own format, which "
-                f"Keras {here} cannot read; resume the run once on that stack to convert it "
-                f"to {BEST_WEIGHTS}, which both stacks read") from None
-        if writer is None:
-            raise WeightsError(f"{path} is damaged (not an HDF5 file)") from None
-        raise WeightsError(f"{path} does not fit the model ({first_line(error)})") from None
-
-
-_STACKS = {"2": "the DirectML stack", "3": "the current stack"}
-
-
-def _keras_h5_writer(path: str) -> Optional[str]:
-    """The major Keras version that wrote a .weights.h5: Keras 2 stores its version in the
-    file's attributes, Keras 3 stores none; None if the file is no HDF5 file."""
-    try:
-        import h5py
-        with h5py.File(path, "r") as handle:
-            version = handle.attrs.get("keras_version")
-    except (OSError, ImportError):
-        return None
-    if version is None:
-        return "3"
-    version = version.decode() if isinstance(version, bytes) else str(version)
-    return version.split(".")[0]
+    _assign_model(model, _read_npz(path), path)
 
 
 def best_weights_path(folder: str) -> Optional[str]:
-    """The run's best-weights file: best.weights.npz, else an earlier version's
-    best.weights.h5; None before the first epoch has ended."""
-    for name in (BEST_WEIGHTS, LEGACY_BEST_WEIGHTS):
-        if os.path.isfile(os.path.join(folder, name)):
-            return os.path.join(folder, name)
-    return None
-
-
-def convert_legacy_best_weights(folder: str, model) -> None:
-    """Replaces an earlier version's best.weights.h5 by best.weights.npz, on the stack that
-    wrote it, leaving `model`'s weights as they were (it serves to read the file)."""
-    legacy = os.path.join(folder, LEGACY_BEST_WEIGHTS)
-    if not os.path.isfile(legacy):
-        return
-    if not os.path.isfile(os.path.join(folder, BEST_WEIGHTS)):
-        current = model.get_weights()
-        load_weights(model, legacy)
-        save_weights(model, os.path.join(folder, BEST_WEIGHTS))
-        model.set_weights(current)
-    os.remove(legacy)        # the .npz holds the same weights (or, written later, better)
+    """The run's best.weights.npz; None before the first epoch has ended."""
+    path = os.path.join(folder, BEST_WEIGHTS)
+    return path if os.path.isfile(path) else None
 
 
 # --- the optimizer ---------------------------------------------------------------------------
@@ -377,42 +320,27 @@ def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
 
 def load_checkpoint(path: str, model, optimizer) -> RunState:
     """Restores weights and optimizer variables into `model` / `optimizer`; returns the state.
-    Raises WeightsError if the file is damaged or its weights do not fit this model. An
-    optimizer state that does not fit (a checkpoint of an earlier version written on the
-    other stack) is left out with a one-line warning: the run resumes with its weights and
-    step count, and fresh Adam moments."""
+    Raises WeightsError if the file is damaged, is no checkpoint of this format, or its
+    weights do not fit this model. An optimizer state that does not fit this optimizer is
+    left out with a one-line warning: the run resumes with its weights and step count, and
+    fresh Adam moments."""
     arrays = _read_npz(path)
     try:
         state = RunState.from_json(arrays["state"].tobytes().decode("utf-8"))
     except (KeyError, ValueError, TypeError) as error:
         raise WeightsError(f"{path} is damaged (its run state: {first_line(error)})") from None
-    if any(key.startswith("model/") for key in arrays):
-        _assign_model(model, {k[len("model/"):]: v for k, v in arrays.items()
-                              if k.startswith("model/")}, path)
-        build_optimizer_slots(optimizer, model)
-        problem = _restore_optimizer(optimizer_keys(optimizer, model), arrays)
-    else:                                     # earlier versions: by position, one stack
-        _assign_model(model, _positional(arrays, "model_", [weight_key(v) for v in
-                                                              model.weights]), path)
-        build_optimizer_slots(optimizer, model)
-        problem = _restore_by_position(optimizer_variables(optimizer), arrays)
+    if not any(key.startswith("model/") for key in arrays):
+        raise WeightsError(f"{path} holds no weights keyed by their path (model/...): it was "
+                           "not written by this version of the app")
+    _assign_model(model, {k[len("model/"):]: v for k, v in arrays.items()
+                          if k.startswith("model/")}, path)
+    build_optimizer_slots(optimizer, model)
+    problem = _restore_optimizer(optimizer_keys(optimizer, model), arrays)
     if problem:
         print(f"warning: the optimizer state in {path} does not fit this optimizer "
-              f"({problem}), probably written on the other stack by an earlier version; "
-              "resuming with the saved weights and step count and fresh Adam moments",
-              flush=True)
+              f"({problem}); resuming with the saved weights and step count and fresh Adam "
+              "moments", flush=True)
     return state
-
-
-def _positional(arrays: Dict[str, np.ndarray], prefix: str, keys: List[str]) -> dict:
-    """An earlier version's {prefix + index: array} as {keys[index]: array}; indices beyond
-    `keys` are kept under their own name, so that they count as unexpected."""
-    found = {}
-    for name, value in arrays.items():
-        if name.startswith(prefix) and name[len(prefix):].isdigit():
-            index = int(name[len(prefix):])
-            found[keys[index] if index < len(keys) else name] = value
-    return found
 
 
 def _restore_optimizer(variables: Dict[str, object], arrays: Dict[str, np.ndarray]
@@ -431,24 +359,6 @@ def _restore_optimizer(variables: Dict[str, object], arrays: Dict[str, np.ndarra
     for key, variable in variables.items():
         variable.assign(arrays[key])
     return None
-
-
-def _restore_by_position(variables: list, arrays: Dict[str, np.ndarray]) -> Optional[str]:
-    """An earlier version's optimizer_0, optimizer_1, ... assigned in order, all or none;
-    returns what does not fit. The step count comes first on both stacks, so it alone is
-    restored when the rest does not fit."""
-    saved = [value for _, value in sorted(
-        (int(k[len("optimizer_"):]), v) for k, v in arrays.items()
-        if k.startswith("optimizer_") and k[len("optimizer_"):].isdigit())]
-    if len(saved) == len(variables) and all(
-            tuple(a.shape) == tuple(v.shape) for a, v in zip(saved, variables)):
-        for variable, value in zip(variables, saved):
-            variable.assign(value)
-        return None
-    if saved and saved[0].shape == ():
-        variables[0].assign(saved[0])
-    return (f"{len(saved)} variables saved by position, of other shapes than this "
-            f"optimizer's {len(variables)}")
 
 
 # --- history.csv ------------------------------------------------------------------------------
@@ -686,7 +596,7 @@ class SavedRun:
 
 def open_run(path: str) -> SavedRun:
     """Reads a run directory's config and class names; raises UsageError unless it holds a
-    config.json and best weights."""
+    config.json of this version, best weights and labels.json."""
     if os.path.isfile(path):
         folder = os.path.dirname(path) or "."
         hint = (f"; its folder {folder} is one" if os.path.isfile(os.path.join(folder, CONFIG))
@@ -703,16 +613,11 @@ def open_run(path: str) -> SavedRun:
         raise UsageError(f"{path} has no {BEST_WEIGHTS}: not a run directory, or a run "
                          "stopped before its first epoch ended")
     config, options = read_config(path)
-    return SavedRun(path, config, options, _label_names(path, config.dataset))
-
-
-def _label_names(path: str, dataset: str) -> List[str]:
-    """labels.json as training wrote it; runs older than that file get the official names."""
-    labels = os.path.join(path, LABELS)
-    if os.path.isfile(labels):
-        with open(labels, encoding="utf-8") as handle:
-            return list(json.load(handle))
-    return label_names.official(dataset)
+    if not os.path.isfile(os.path.join(path, LABELS)):
+        raise UsageError(f"{path} has no {LABELS}: it was not written by this version of the "
+                         "app; train the run again")
+    with open(os.path.join(path, LABELS), encoding="utf-8") as handle:
+        return SavedRun(path, config, options, list(json.load(handle)))
 
 
 def load_best_weights(run: SavedRun, model) -> None:

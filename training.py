@@ -181,7 +181,7 @@ class EpochLog:
 
 def epoch_log(options: RunOptions, output_dir: str) -> "EpochLog | None":
     """The run's EpochLog in OUTPUT_DIR/tensorboard; None when --no-tensorboard, or, with a
-    warning, when the tensorboard package is missing (TensorFlow 2.21 no longer installs it,
+    warning, when the tensorboard package is missing (TensorFlow 2.21 does not install it,
     and tf.summary.scalar needs it)."""
     if not options.tensorboard:
         return None
@@ -585,10 +585,6 @@ def resume(model, config: TrainConfig, options: RunOptions, saved: TrainConfig) 
         # The last epoch was the best, and its weights file, written after the checkpoint,
         # is missing or older: a crash came in between. The checkpoint holds those weights.
         run_dir.save_weights(model, best_weights)
-    try:
-        run_dir.convert_legacy_best_weights(options.output_dir, model)
-    except run_dir.WeightsError as error:
-        raise UsageError(f"{error}; add --restart to start the run over") from None
     best = (f", best validation top-1 {state.best_val_top1:.2%} at epoch {state.best_epoch}"
             if state.best_epoch else "")
     epochs = state.plan["epochs"] if state.plan else config.epochs     # --time-budget's plan

@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 import run_dir  # noqa: E402
-from config import IMAGE_SIZE, patch_grid_side  # noqa: E402
+from config import patch_grid_side  # noqa: E402
+from datasets import IMAGE_SIZE  # noqa: E402
 from errors import UsageError, entry_point  # noqa: E402
 from flags import Parser, add_verbose_flag, verbose_requested  # noqa: E402
 from run_dir import ATTENTION, CONFUSION, CURVES, HISTORY, PATCHES, PREDICTIONS  # noqa: E402

@@ -21,12 +21,11 @@ import math
 
 import tensorflow as tf
 
-import devices
-from config import IMAGE_SIZE, patch_grid_side
+from config import POOLINGS, patch_grid_side
+from datasets import IMAGE_SIZE
+from keras_compat import KERAS_3, register
 
 keras = tf.keras
-KERAS_3 = devices.keras_major() >= 3       # tf-keras's tf.keras has no __version__
-register = keras.utils.register_keras_serializable(package="vit")
 
 
 @tf.custom_gradient
@@ -160,8 +159,8 @@ class LayerNormalization(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization over the last axis (with scale and offset, the
     defaults) computed by `_layer_norm`: same weights, config and values, a cheaper gradient.
     Computes in float32 under a mixed-precision policy, as Keras does. It keeps Keras's class
-    name because Keras 3 files key a layer's weights by it: weights saved before this class
-    existed still load."""
+    name because Keras 3 files key a layer's weights by it: a .keras file of a model built
+    with keras.layers.LayerNormalization loads into this one."""
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -322,16 +321,14 @@ class VisionTransformer(keras.Model):
     "mean" (average the N patch tokens after the final norm, with no class token: T = N, as
     timm's global_pool="avg", class_token=False)."""
 
-    POOLINGS = ("class_token", "mean")
-
     def __init__(self, num_classes: int, image_size: int = 32, patch_size: int = 4,
                  patch_stride: int = 4, num_layers: int = 8, embedding_dim: int = 64,
                  num_heads: int = 8, mlp_hidden_dim: int = 256, head_units=(512, 256),
                  dropout: float = 0.2, drop_path: float = 0.0, attention_dropout: float = 0.0,
                  pooling: str = "class_token", **kwargs):
         super().__init__(**kwargs)
-        if pooling not in self.POOLINGS:
-            raise ValueError(f"pooling must be one of {self.POOLINGS}, not {pooling!r}")
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, not {pooling!r}")
         if not 0.0 <= drop_path < 1.0:
             raise ValueError(f"drop_path must be in [0, 1), not {drop_path}")
         self.num_classes = num_classes

@@ -38,7 +38,8 @@ import tensorflow as tf  # noqa: E402
 import data_augmentations as aug  # noqa: E402
 import input_pipeline  # noqa: E402
 import training  # noqa: E402
-from config import IMAGE_SIZE, MAX_MAGNITUDE, RANDAUGMENT_STRENGTH, TrainConfig  # noqa: E402
+from config import MAX_MAGNITUDE, RANDAUGMENT_STRENGTH, TrainConfig  # noqa: E402
+from datasets import IMAGE_SIZE  # noqa: E402
 from errors import entry_point  # noqa: E402
 from flags import parse_train_flags  # noqa: E402
 from vit_model import build_model  # noqa: E402

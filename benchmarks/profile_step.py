@@ -20,7 +20,7 @@ import tempfile
 
 import cli
 import flags
-from config import IMAGE_SIZE
+from datasets import IMAGE_SIZE
 from errors import UsageError, entry_point
 
 

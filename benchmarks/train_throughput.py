@@ -38,7 +38,8 @@ import time
 import cli
 import flags
 import flops
-from config import DATASETS, IMAGE_SIZE, flag_name
+from config import flag_name
+from datasets import DATASETS, IMAGE_SIZE
 from errors import UsageError, entry_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

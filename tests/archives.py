@@ -14,7 +14,7 @@ import tarfile
 
 import numpy as np
 
-import label_names
+import datasets
 
 LAYOUT = {
     "cifar10": {"folder": "cifar-10-batches-py",
@@ -47,8 +47,8 @@ def batch_dict(dataset, images, labels, name):
 def meta_dict(dataset, names=None):
     if dataset == "cifar10":
         return {b"num_cases_per_batch": 10000, b"num_vis": 3072,
-                b"label_names": [n.encode() for n in (names or label_names.CIFAR10)]}
-    return {b"fine_label_names": [n.encode() for n in (names or label_names.CIFAR100)],
+                b"label_names": [n.encode() for n in (names or datasets.CIFAR10_CLASSES)]}
+    return {b"fine_label_names": [n.encode() for n in (names or datasets.CIFAR100_CLASSES)],
             b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}
 
 

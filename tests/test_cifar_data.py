@@ -8,7 +8,7 @@ import pytest
 
 import archives
 import cifar_data
-import label_names
+import datasets
 from cifar_data import DataError
 
 
@@ -23,7 +23,7 @@ def check_matches(data, arrays, names):
 
 def test_cifar10_archive_gives_back_the_images_and_labels_written(cifar10_tar, cifar10_files):
     data = cifar_data.load("cifar10", cifar10_tar)
-    check_matches(data, cifar10_files[1], label_names.CIFAR10)
+    check_matches(data, cifar10_files[1], datasets.CIFAR10_CLASSES)
     assert len(data.x_train) == 5 * 40 and len(data.x_test) == 40
 
 
@@ -32,7 +32,7 @@ def test_extracted_folders_are_read_too(tmp_path, cifar100_files, as_parent):
     root = archives.write_folder(str(tmp_path), cifar100_files[0])
     data_dir = root if as_parent else os.path.join(root, "cifar-100-python")
     data = cifar_data.load("cifar100", data_dir)
-    check_matches(data, cifar100_files[1], label_names.CIFAR100)   # fine labels, not coarse
+    check_matches(data, cifar100_files[1], datasets.CIFAR100_CLASSES)   # fine labels, not coarse
     assert data.y_train.max() >= 20
 
 
@@ -149,7 +149,7 @@ def test_a_folder_with_one_cifar_archive_under_another_name_uses_it(tmp_path, ci
         handle.write(b"\x00\x00\x08\x03" + bytes(600))
     (folder / "notes.txt").write_text("x")
     data = cifar_data.load("cifar10", str(folder))
-    check_matches(data, cifar10_files[1], label_names.CIFAR10)
+    check_matches(data, cifar10_files[1], datasets.CIFAR10_CLASSES)
     assert "warning: cifar10 (1).tgz is not named cifar-10-python.tar.gz, so its checksum " \
         "is not checked" in capsys.readouterr().out
     assert len(cifar_data.load("cifar100", str(folder)).x_test) == len(cifar100_files[1]["test"][0])

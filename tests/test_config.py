@@ -1,4 +1,4 @@
-"""config.py: the experiment and run options, presets, config.json old and new, resume checks."""
+"""config.py: the experiment and run options, presets, config.json, resume checks."""
 import dataclasses
 import json
 
@@ -27,28 +27,22 @@ def test_config_json_round_trips_both_parts():
     assert config.from_json(json.loads(text)) == (experiment, options)
 
 
-def test_a_config_json_of_the_first_format_still_loads():
-    """Format 1 (before RunOptions) was one flat dict of every setting."""
-    old = {**{k: list(v) if isinstance(v, tuple) else v
-              for k, v in config.flat(PRESETS["tiny"]).items()},
-           "data_dir": "/data", "output_dir": "runs/x", "gpu": None,
-           "steps_per_execution": 2, "xla": "auto", "mixed_precision": "auto",
-           "tensorboard": True}
-    experiment, options = config.from_json(old)
-    assert experiment == PRESETS["tiny"]
-    assert options == RunOptions(data_dir="/data", output_dir="runs/x", steps_per_execution=2)
-    del old["randaugment_prob"]          # a setting added later gets its default
-    assert config.from_json(old)[0] == PRESETS["tiny"]
-
-
-def test_files_from_before_gpu_lists_and_distribute_still_load():
-    """Format 2 before --distribute: no "distribute" key, and "gpu" an int."""
+def test_a_config_json_of_another_format_is_refused_and_run_options_may_be_missing():
+    """A flat dict (no "format") or another format number is refused with what to do; a
+    missing run option gets its default, as any run option may change on resuming."""
+    flat_values = {k: list(v) if isinstance(v, tuple) else v
+                   for k, v in config.flat(PRESETS["tiny"]).items()}
+    with pytest.raises(UsageError, match=r"config.json has no format; this version of the "
+                                         r"app reads format 2 only"):
+        config.from_json(flat_values)
     values = config.to_json(PRESETS["tiny"], RunOptions(gpu="1"))
     del values["run"]["distribute"]
-    values["run"]["gpu"] = 1
     experiment, options = config.from_json(json.loads(json.dumps(values)))
     assert experiment == PRESETS["tiny"]
     assert options == RunOptions(gpu="1", distribute="auto") and options.gpu_indices == (1,)
+    values["run"]["gpu"] = 1
+    with pytest.raises(UsageError, match=r"--gpu must be a GPU index 0 or more.*got 1$"):
+        config.from_json(values)
 
 
 def test_unknown_and_missing_keys_are_named_all_at_once():
@@ -82,12 +76,12 @@ def test_presets_are_valid_and_the_sample_preset_is_the_seed_sample():
 
 
 def test_run_options_are_checked():
-    for bad in (-1, "0,x", "0,0", "1,", ""):
+    for bad in (-1, 2, "0,x", "0,0", "1,", ""):
         with pytest.raises(UsageError, match="--gpu must be a GPU index 0 or more, or "
                                              "distinct indices separated by commas"):
             RunOptions(gpu=bad).validate()
     assert RunOptions(gpu="0, 1").validate().gpu_indices == (0, 1)
-    assert RunOptions(gpu=2).gpu == "2" and RunOptions().gpu_indices == ()
+    assert RunOptions().gpu_indices == ()
     with pytest.raises(UsageError, match="--distribute must be one of auto, none, mirrored"):
         RunOptions(distribute="horovod").validate()
     with pytest.raises(UsageError, match="--steps-per-execution must be a positive"):

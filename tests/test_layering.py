@@ -14,7 +14,7 @@ ENTRY_POINTS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "visua
 # other as long as no cycle forms (checked separately). Entry points are never imported
 # (visualize and flops are also library modules: only their __main__ blocks are commands).
 RANKS = {
-    "errors": 0, "label_names": 0,
+    "errors": 0, "datasets": 0, "keras_compat": 0,
     "config": 1,
     "flags": 2,
     "cifar_data": 3, "devices": 3, "run_dir": 3, "data_augmentations": 3, "vit_model": 3,
@@ -110,7 +110,7 @@ def test_flags_are_checked_before_tensorflow_is_imported():
     import subprocess
     import sys
     probe = ("import sys; import cli, config, devices, errors, flags, run_dir, cifar_data, "
-             "label_names; print('tensorflow' in sys.modules)")
+             "datasets; print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -8,11 +8,11 @@ import tensorflow as tf
 import run_dir
 import optimization
 from run_dir import RunState
+from keras_compat import KERAS_3
 from optimization import WarmupCosine, build_optimizer, learning_rate_schedule
 from vit_model import VisionTransformer
 
 keras = tf.keras
-KERAS_3 = optimization.KERAS_3
 DIRECTML_MISSING_KERNELS = {"Einsum", "ImageProjectiveTransformV3", "ResourceApplyAdamW",
                             "StatelessRandomUniformFullIntV2"}
 

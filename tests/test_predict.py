@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from helpers import CPP_LOG, run_app
-import label_names
+import datasets
 import predict
 import run_dir
 
@@ -30,7 +30,7 @@ def test_predict_prints_top_k_classes_for_images_of_any_size(tiny_run, tmp_path)
         assert line.startswith(f"{path}: ")
         pairs = [entry.rsplit(" ", 1) for entry in line[len(path) + 2:].split(", ")]
         assert len(pairs) == 3
-        assert all(name in label_names.CIFAR10 for name, _ in pairs)
+        assert all(name in datasets.CIFAR10_CLASSES for name, _ in pairs)
         probabilities = [float(p) for _, p in pairs]
         assert probabilities == sorted(probabilities, reverse=True)
         assert 0 <= sum(probabilities) <= 1.02      # each rounded to 2 places

@@ -147,41 +147,17 @@ def test_optimizer_state_is_keyed_by_slot_and_weight_path(name, policy):
                                                 for slot in ("m", "v")}
 
 
-def legacy_checkpoint(path, model, optimizer_arrays, state):
-    """A checkpoint as earlier versions wrote it: model_I and optimizer_I by position."""
-    arrays = {f"model_{i}": w for i, w in enumerate(model.get_weights())}
-    arrays.update({f"optimizer_{i}": a for i, a in enumerate(optimizer_arrays)})
-    arrays["state"] = np.frombuffer(state.to_json().encode(), np.uint8)
-    np.savez(path, **arrays)
-
-
-def test_a_checkpoint_of_an_earlier_version_still_loads(tmp_path, tiny_model):
-    import training
-    path = str(tmp_path / "checkpoint.npz")
-    saved = [np.asarray(v) for v in run_dir.optimizer_variables(tiny_model.optimizer)]
-    legacy_checkpoint(path, tiny_model, saved, RunState(epochs_done=4))
-    fresh = model_of()
-    training.compile_model(fresh, PRESETS["tiny"])
-    assert run_dir.load_checkpoint(path, fresh, fresh.optimizer).epochs_done == 4
-    for a, b in zip(fresh.get_weights(), tiny_model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    for a, b in zip(run_dir.optimizer_variables(fresh.optimizer), saved):
-        np.testing.assert_array_equal(np.asarray(a), b)
-
-
 def test_optimizer_state_that_does_not_fit_resumes_with_weights_and_one_warning(
         tmp_path, tiny_model, capsys):
-    """An earlier version's checkpoint from the other stack lists the optimizer's variables
-    in that stack's order (Keras 3: step, rate, m0, v0, m1, ...; Keras 2.10: step, m0, m1,
-    ..., v0, v1, ...): the weights and the step count are restored, the moments start at 0."""
+    """A checkpoint whose Adam moments are not this optimizer's (here: left out): the
+    weights and the step count are restored, the moments start at 0."""
     import training
-    moments = [np.full(tuple(v.shape), 0.5, np.float32) for v in tiny_model.trainable_variables]
-    keras_3 = [np.int64(7), np.float32(1e-3)] + [m for pair in zip(moments, moments) for m in pair]
-    keras_2 = [np.int64(7)] + moments + moments
-    here = len(run_dir.optimizer_variables(tiny_model.optimizer))
-    other_order = keras_2 if here == len(keras_3) else keras_3
     path = str(tmp_path / "checkpoint.npz")
-    legacy_checkpoint(path, tiny_model, other_order, RunState(epochs_done=2))
+    run_dir.save_checkpoint(path, tiny_model, tiny_model.optimizer, RunState(epochs_done=2))
+    with np.load(path) as saved:
+        arrays = {k: saved[k] for k in saved.files if not k.startswith("optimizer/m/")}
+    arrays["optimizer/iterations"] = np.asarray(7, arrays["optimizer/iterations"].dtype)
+    np.savez(path, **arrays)
     fresh = model_of()
     training.compile_model(fresh, PRESETS["tiny"])
     assert run_dir.load_checkpoint(path, fresh, fresh.optimizer).epochs_done == 2
@@ -208,34 +184,11 @@ def test_a_damaged_checkpoint_says_damaged_and_one_of_another_model_says_which(
     open(path, "wb").write(b"not a zip")
     with pytest.raises(WeightsError, match="checkpoint.npz is damaged"):
         run_dir.load_checkpoint(path, tiny_model, tiny_model.optimizer)
-
-
-def test_best_weights_of_an_earlier_version_open_and_convert(tmp_path, tiny_model):
-    folder = tmp_path / "run"
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps(to_json(PRESETS["tiny"], RunOptions())))
-    tiny_model.save_weights(str(folder / run_dir.LEGACY_BEST_WEIGHTS))   # Keras's own format
-    run = run_dir.open_run(str(folder))
-    opened = model_of()
-    run_dir.load_best_weights(run, opened)
-    for a, b in zip(opened.get_weights(), tiny_model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    other = model_of()
-    before = other.get_weights()
-    run_dir.convert_legacy_best_weights(str(folder), other)
-    assert sorted(os.listdir(folder)) == ["best.weights.npz", "config.json"]
-    for a, b in zip(other.get_weights(), before):                # the model is left as it was
-        np.testing.assert_array_equal(a, b)
-    run_dir.load_best_weights(run_dir.open_run(str(folder)), other)
-    for a, b in zip(other.get_weights(), tiny_model.get_weights()):
-        np.testing.assert_array_equal(a, b)
-    legacy = str(tmp_path / "old.weights.h5")
-    tiny_model.save_weights(legacy)
-    with pytest.raises(WeightsError, match=r"old.weights.h5 does not fit the model \("):
-        run_dir.load_weights(model_of(num_layers=3), legacy)
-    open(legacy, "wb").write(b"\x89HDF cut short")
-    with pytest.raises(WeightsError, match=r"old.weights.h5 is damaged \(not an HDF5 file\)"):
-        run_dir.load_weights(tiny_model, legacy)
+    np.savez(path, model_0=np.zeros(1), state=np.frombuffer(b"{}", np.uint8))   # by position
+    with pytest.raises(WeightsError, match=r"checkpoint.npz holds no weights keyed by their "
+                                           r"path \(model/...\): it was not written by this "
+                                           r"version"):
+        run_dir.load_checkpoint(path, tiny_model, tiny_model.optimizer)
 
 
 # --- resuming from the folder's settings (no TensorFlow) -------------------------------------
@@ -257,9 +210,9 @@ def test_a_folder_with_config_json_resumes_with_its_settings_and_the_flags_on_to
     folder, config, options = saved_run
     assert run_dir.resume_settings("cifar10", folder, {}) == (config, options)
     resumed, resumed_options = run_dir.resume_settings(
-        "cifar10", folder, {"epochs": 5, "learning_rate": 1e-4, "gpu": 1, "xla": "off"})
+        "cifar10", folder, {"epochs": 5, "learning_rate": 1e-4, "gpu": "1", "xla": "off"})
     assert resumed == dataclasses.replace(config, epochs=5, learning_rate=1e-4)
-    assert resumed_options == dataclasses.replace(options, gpu=1, xla="off")
+    assert resumed_options == dataclasses.replace(options, gpu="1", xla="off")
     # the preset that made it, with the same flags, is accepted and changes nothing
     assert run_dir.resume_settings("cifar10", folder, {"batch_size": 32}, "tiny") == \
         (config, options)

@@ -503,41 +503,24 @@ def test_a_tiny_run_learns_far_above_chance(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_run_of_an_earlier_version_opens_and_resumes_on_its_stack(tmp_path, cifar10_tar,
-                                                                   capsys):
-    """Earlier versions wrote best.weights.h5 (Keras's own format) and a checkpoint keyed by
-    position; such a run still evaluates, and resuming it converts its best weights."""
-    import evaluate
-    config = override(PRESETS["tiny"], epochs=1, batch_size=32)
-    options = RunOptions(data_dir=cifar10_tar, output_dir=str(tmp_path / "run"),
-                         tensorboard=False)
-    data = cifar_data.load("cifar10", cifar10_tar)
-    training.run(config, options, data, devices.detect())
-    out = tmp_path / "run"
-    model = build_model(config)
-    training.compile_model(model, config)
-    run_dir.load_checkpoint(str(out / "checkpoint.npz"), model, model.optimizer)
-    with np.load(out / "checkpoint.npz") as saved:
-        state = saved["state"]
-    old = {f"model_{i}": w for i, w in enumerate(model.get_weights())}
-    old.update({f"optimizer_{i}": np.asarray(v)
-                for i, v in enumerate(run_dir.optimizer_variables(model.optimizer))})
-    np.savez(out / "checkpoint.npz", **old, state=state)
-    run_dir.load_weights(model, str(out / "best.weights.npz"))
-    model.save_weights(str(out / "best.weights.h5"))
-    (out / "best.weights.npz").unlink()
-    expected = json.loads((out / "results.json").read_text())
-
-    run = run_dir.open_run(str(out))
-    again = evaluate.evaluate_run(run, data.x_test, data.y_test, batch_size=32)
-    assert again["test_top1"] == pytest.approx(expected["test_top1"], abs=1e-6)
-    capsys.readouterr()
-    results = training.run(dataclasses.replace(config, epochs=2), options, data,
-                           devices.detect())
-    printed = capsys.readouterr().out
-    assert "Resuming" in printed and "warning" not in printed
-    assert results["epochs_completed"] == 2 and len(history(out)) == 2
-    assert (out / "best.weights.npz").exists() and not (out / "best.weights.h5").exists()
+def test_a_run_folder_of_another_format_gets_one_error_line_and_exit_code_2(run_copy):
+    """A config.json without this version's format: evaluating or resuming the run says so
+    in one line and changes nothing."""
+    config_path = os.path.join(run_copy, "config.json")
+    values = json.load(open(config_path))
+    flat_values = {**values["experiment"], **values["experiment"].pop("augmentation"),
+                   **values["run"]}
+    with open(config_path, "w") as handle:
+        json.dump(flat_values, handle)
+    before = {name: open(os.path.join(run_copy, name), "rb").read()
+              for name in os.listdir(run_copy) if os.path.isfile(os.path.join(run_copy, name))}
+    for command in (["evaluate.py", run_copy], ["train_cifar10.py", "--output-dir", run_copy]):
+        result = run_app(*command)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, \
+            result.stderr
+        assert "has no format; this version of the app reads format 2 only" in result.stderr
+    assert before == {name: open(os.path.join(run_copy, name), "rb").read() for name in before}
 
 
 def test_a_tensorflow_op_error_is_cut_to_the_line_that_says_what_happened():

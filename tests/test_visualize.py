@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_figures, expected_size, png_size
-import label_names
+import datasets
 import run_dir
 import visualize
 from vit_model import build_model
@@ -100,7 +100,7 @@ def test_a_run_ends_with_its_figures_class_names_and_tensorboard_logs(tiny_run):
     assert_figures(out, END_OF_RUN_FIGURES)
     assert "Figures: training_curves.png" in stdout
     with open(os.path.join(out, run_dir.LABELS)) as handle:
-        assert json.load(handle) == list(label_names.CIFAR10)
+        assert json.load(handle) == list(datasets.CIFAR10_CLASSES)
     logs = os.path.join(out, run_dir.TENSORBOARD)
     if importlib.util.find_spec("tensorboard"):
         for split in ("train", "validation"):
