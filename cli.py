@@ -12,7 +12,7 @@ from typing import Callable, List, Optional, Tuple
 
 import devices
 import distribution
-import run_dir
+import resume
 from config import RunOptions, TrainConfig
 from errors import entry_point
 from flags import build_train_parser, configs_from_args, given_settings
@@ -61,10 +61,10 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
 def train_settings(dataset: str, args: argparse.Namespace) -> Tuple[TrainConfig, RunOptions]:
     """The settings to train with: those of the run in --output-dir (its config.json) with
     the flags given on top, when it holds one and --restart is not given
-    (run_dir.resume_settings says what may change); else the preset with the flags."""
+    (resume.resume_settings says what may change); else the preset with the flags."""
     if not getattr(args, "restart", False) and not getattr(args, "list_devices", False):
-        resumed = run_dir.resume_settings(dataset, getattr(args, "output_dir", None),
-                                          given_settings(args), getattr(args, "preset", None))
+        resumed = resume.resume_settings(dataset, getattr(args, "output_dir", None),
+                                         given_settings(args), getattr(args, "preset", None))
         if resumed is not None:
             return resumed
     return configs_from_args(dataset, args)

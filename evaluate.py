@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from typing import List, Optional
 
+import checkpoint
 import run_dir
 from errors import UsageError, entry_point
 from flags import Parser, add_verbose_flag, verbose_requested
@@ -24,7 +25,7 @@ def evaluate_run(run, x_test, y_test, batch_size: int) -> dict:
     import training
     from vit_model import build_model
     model = build_model(run.config)
-    run_dir.load_best_weights(run, model)
+    checkpoint.load_best_weights(run, model)
     training.compile_model(model, run.config)
     return training.evaluate_test(model, run.config, x_test, y_test, batch_size)
 

@@ -18,6 +18,7 @@ from typing import List, Optional
 
 import numpy as np
 
+import checkpoint
 import run_dir
 from datasets import IMAGE_SIZE
 from errors import UsageError, entry_point
@@ -75,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from vit_model import build_model
     model = build_model(run.config)
-    run_dir.load_best_weights(run, model)
+    checkpoint.load_best_weights(run, model)
     probabilities = tf.nn.softmax(model.predict(images, verbose=0)).numpy()
     top_k = min(args.top_k, len(run.label_names))
     print("\n".join(top_k_lines(args.images, probabilities, run.label_names, top_k)))

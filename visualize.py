@@ -31,6 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+import checkpoint  # noqa: E402
 import run_dir  # noqa: E402
 from config import patch_grid_side  # noqa: E402
 from datasets import IMAGE_SIZE  # noqa: E402
@@ -349,7 +350,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError(f"--patches {args.patches} is not a test image index; the test "
                          f"set has {len(data.x_test)} images (0..{len(data.x_test) - 1})")
     model = build_model(run.config)
-    run_dir.load_best_weights(run, model)
+    checkpoint.load_best_weights(run, model)
     write_run_figures(run.path, model, data.x_test, data.y_test, run.label_names)
     path = plot_patches(data.x_test[args.patches], run.config.patch_size,
                         run.config.patch_stride, run.file(PATCHES))

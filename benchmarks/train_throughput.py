@@ -123,6 +123,7 @@ def main(argv=None) -> int:
     import numpy as np
     import tensorflow as tf
     import input_pipeline
+    import fit_loop
     import training
     from vit_model import build_model
     keras = tf.keras
@@ -153,7 +154,7 @@ def main(argv=None) -> int:
     xla = devices.use_xla(options.xla, device)
     training.compile_model(model, config, jit_compile=xla,
                            steps_per_execution=options.steps_per_execution)
-    timer = training.StepTimer()
+    timer = fit_loop.StepTimer()
     model.fit(data, steps_per_epoch=total, epochs=1, callbacks=[timer], shuffle=False,
               verbose=0)
 

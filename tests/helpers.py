@@ -14,6 +14,7 @@ OWN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
+import checkpoint  # noqa: E402
 import run_dir  # noqa: E402  (after the variables above)
 import visualize  # noqa: E402
 
@@ -70,6 +71,6 @@ def saved_epochs(out):
     import numpy as np
     try:
         with np.load(os.path.join(out, "checkpoint.npz")) as saved:
-            return run_dir.RunState.from_json(saved["state"].tobytes().decode()).epochs_done
+            return checkpoint.RunState.from_json(saved["state"].tobytes().decode()).epochs_done
     except (OSError, KeyError, ValueError):
         return 0

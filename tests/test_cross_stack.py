@@ -26,13 +26,13 @@ ROUND_TRIP = """
 import sys
 import devices
 devices.prepare_environment(None)
-import run_dir, training
+import checkpoint, run_dir, training
 from vit_model import build_model
 config, options = run_dir.read_config(sys.argv[1])
 model = build_model(config)
 training.compile_model(model, config)
-state = run_dir.load_checkpoint(sys.argv[2], model, model.optimizer)
-run_dir.save_checkpoint(sys.argv[3], model, model.optimizer, state)
+state = checkpoint.load_checkpoint(sys.argv[2], model, model.optimizer)
+checkpoint.save_checkpoint(sys.argv[3], model, model.optimizer, state)
 import tensorflow as tf
 print("keras", tf.keras.__version__)
 """

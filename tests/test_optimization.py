@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import run_dir
+import checkpoint
 import optimization
-from run_dir import RunState
+from checkpoint import RunState
 from keras_compat import KERAS_3
 from optimization import WarmupCosine, build_optimizer, learning_rate_schedule
 from vit_model import VisionTransformer
@@ -166,7 +166,7 @@ def test_global_clipping_bounds_the_first_step():
     weight = model.trainable_variables[0]                                   # (2, 1)
     optimizer = build_optimizer("adam", 1e-3, 0.0, 1.0, model)
     optimizer.apply_gradients([(tf.constant([[3.0], [4.0]]), weight)])
-    moments = [np.asarray(v)[:, 0] for v in run_dir.optimizer_variables(optimizer)
+    moments = [np.asarray(v)[:, 0] for v in checkpoint.optimizer_variables(optimizer)
                if np.asarray(v).shape == (2, 1)]
     first_moment = moments[0]                                   # (1 - beta_1) * clipped g
     np.testing.assert_allclose(first_moment, [0.1 * 0.6, 0.1 * 0.8], rtol=1e-5)
@@ -216,7 +216,7 @@ def test_train_step_uses_no_op_directml_lacks(name, rate):
     if not KERAS_3 and name == "adamw":
         assert optimizer.jit_compile is False
     loss_fn, metrics = optimization.loss_and_metrics(one_hot=True, label_smoothing=0.1)
-    run_dir.build_optimizer_slots(optimizer, model)
+    checkpoint.build_optimizer_slots(optimizer, model)
 
     @tf.function
     def train_step(images, labels):
@@ -263,15 +263,15 @@ def test_resumed_optimizer_takes_the_uninterrupted_next_step(tmp_path, name, rat
     for _ in range(3):
         step(model, optimizer)
     path = str(tmp_path / "checkpoint.npz")
-    run_dir.save_checkpoint(path, model, optimizer, RunState(epochs_done=1))
-    saved = run_dir.optimizer_variables(optimizer)
+    checkpoint.save_checkpoint(path, model, optimizer, RunState(epochs_done=1))
+    saved = checkpoint.optimizer_variables(optimizer)
     # iterations (the schedule's step and Adam's bias correction) and m, v per weight
     assert any(v is optimizer.iterations for v in saved)
     assert len(saved) >= 1 + 2 * len(model.trainable_variables)
     step(model, optimizer)                                       # the uninterrupted 4th step
 
     fresh, fresh_optimizer = setup(seed=1)                       # other initial weights
-    run_dir.load_checkpoint(path, fresh, fresh_optimizer)
+    checkpoint.load_checkpoint(path, fresh, fresh_optimizer)
     assert int(fresh_optimizer.iterations) == 3
     np.testing.assert_allclose(optimization.current_learning_rate(fresh_optimizer),
                                optimization.current_learning_rate(optimizer) if rate ==
@@ -357,11 +357,11 @@ def test_adamw_with_schedule_under_mixed_precision_fits_and_round_trips(tmp_path
         assert optimization.current_learning_rate(trained.optimizer) == pytest.approx(
             reference_rate(steps, 1e-3, 3, 10, 1e-5), rel=1e-6)
         path = str(tmp_path / "checkpoint.npz")
-        run_dir.save_checkpoint(path, trained, trained.optimizer, RunState())
-        run_dir.load_checkpoint(path, fresh, fresh.optimizer)
+        checkpoint.save_checkpoint(path, trained, trained.optimizer, RunState())
+        checkpoint.load_checkpoint(path, fresh, fresh.optimizer)
         assert int(fresh.optimizer.inner_optimizer.iterations) == steps
-        for a, b in zip(run_dir.optimizer_variables(fresh.optimizer),
-                        run_dir.optimizer_variables(trained.optimizer)):
+        for a, b in zip(checkpoint.optimizer_variables(fresh.optimizer),
+                        checkpoint.optimizer_variables(trained.optimizer)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
         for a, b in zip(fresh.get_weights(), trained.get_weights()):
             np.testing.assert_array_equal(a, b)

@@ -18,14 +18,16 @@ import pytest
 import tensorflow as tf
 
 import archives
+import checkpoint
 import cifar_data
 import devices
+import fit_loop
+import resume
 import run_dir
 import training
 from helpers import CPP_LOG, ROOT, app_environment, run_app, saved_epochs
 from config import PRESETS, RunOptions, override, to_json
 from errors import RunStopped
-from run_dir import RunState
 from vit_model import build_model
 
 keras = tf.keras
@@ -107,7 +109,7 @@ def test_ctrl_c_stops_after_saving_and_says_how_to_resume(tmp_path, slow_tar):
     done = saved_epochs(out)
     assert 1 <= done < 50 and len(history(out)) == done
     assert f"stopped by Ctrl-C; {done} epoch(s) saved in {out}" in stderr
-    hint = training.resume_command(*run_dir.read_config(str(out)))
+    hint = resume.resume_command(*run_dir.read_config(str(out)))
     assert stderr.rstrip().endswith(f"to resume, run {hint}") and "same flags" not in stderr
     assert "Traceback" not in stderr and not (out / "results.json").exists()
     for figure in ("training_curves.png", "confusion_matrix.png", "attention_maps.png"):
@@ -121,7 +123,7 @@ def test_the_printed_command_resumes_and_flags_on_top_change_only_what_may(tmp_p
     first = run_app("train_cifar10.py", "--preset", "tiny", "--data-dir", cifar10_tar,
                     "--output-dir", out, "--epochs", 1, "--batch-size", 32, "--no-tensorboard")
     assert first.returncode == 0, first.stderr[-2000:]
-    hint = training.resume_command(*run_dir.read_config(str(out)))
+    hint = resume.resume_command(*run_dir.read_config(str(out)))
     pasted = subprocess.run(shlex.split(hint), cwd=ROOT, capture_output=True, text=True,
                             timeout=300, env=app_environment())
     assert pasted.returncode == 0, pasted.stderr[-2000:]
@@ -240,11 +242,11 @@ def test_a_crash_between_checkpoint_and_best_weights_is_repaired_on_resume(tmp_p
     (out / "results.json").unlink()
     results = training.run(config, options, data, devices.detect())
     restored = build_model(config)
-    run_dir.load_weights(restored, str(out / "best.weights.npz"))
+    checkpoint.load_weights(restored, str(out / "best.weights.npz"))
     from_checkpoint = build_model(config)
     training.compile_model(from_checkpoint, config)
-    run_dir.load_checkpoint(str(out / "checkpoint.npz"), from_checkpoint,
-                            from_checkpoint.optimizer)
+    checkpoint.load_checkpoint(str(out / "checkpoint.npz"), from_checkpoint,
+                               from_checkpoint.optimizer)
     for a, b in zip(restored.get_weights(), from_checkpoint.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert results["best_epoch"] == 1
@@ -351,59 +353,6 @@ def test_optional_speed_settings_train_to_the_same_loss(setting):
 
 
 
-# --- the Bookkeeper: plateau halving and its floor, early stopping ---------------------------
-
-@pytest.fixture
-def bookkeeper_of(tmp_path):
-    """A Bookkeeper on a compiled tiny model, fed epoch logs by hand."""
-    def make(**settings):
-        config = override(PRESETS["tiny"], **settings)
-        model = build_model(config)
-        training.compile_model(model, config)
-        keeper = training.Bookkeeper(config, RunState(learning_rate=config.learning_rate),
-                                     str(tmp_path))
-        keeper.set_model(model)
-        return keeper
-    return make
-
-
-def feed(keeper, scores):
-    for epoch, score in enumerate(scores):
-        keeper.on_epoch_begin(epoch)
-        keeper.on_epoch_end(epoch, {"loss": 1.0, "val_top1": score})
-    return [row["learning_rate"] for row in keeper.state.history]
-
-
-def test_the_rate_halves_after_patience_epochs_without_a_better_score_down_to_its_floor(
-        bookkeeper_of):
-    keeper = bookkeeper_of(learning_rate=1e-3, patience=2, min_learning_rate=3e-4)
-    rates = feed(keeper, [0.5, 0.4, 0.4, 0.45, 0.4, 0.6, 0.5, 0.5, 0.5, 0.5, 0.5])
-    # each row holds the rate that epoch trained with: halved after epochs 3 and 5 (two
-    # epochs without beating 0.5), reset counting at the better epoch 6, then the floor
-    assert rates == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 3e-4, 3e-4, 3e-4, 3e-4,
-                                   3e-4, 3e-4])
-    assert float(keras.backend.get_value(keeper.model.optimizer.learning_rate)) == \
-        pytest.approx(3e-4)
-    assert keeper.state.best_epoch == 6 and keeper.state.best_val_top1 == 0.6
-
-
-def test_early_stopping_stops_after_its_epochs_without_improvement(bookkeeper_of):
-    keeper = bookkeeper_of(early_stopping=3, patience=100)
-    feed(keeper, [0.5, 0.6, 0.5, 0.55])
-    assert not keeper.model.stop_training
-    feed_more = keeper.on_epoch_end
-    keeper.on_epoch_begin(4)
-    feed_more(4, {"loss": 1.0, "val_top1": 0.59})
-    assert keeper.model.stop_training and keeper.state.stopped_early
-    assert keeper.state.epochs_since_best == 3
-
-
-def test_a_cosine_run_records_its_scheduled_rates_and_never_halves(bookkeeper_of):
-    keeper = bookkeeper_of(lr_schedule="cosine", patience=1, learning_rate=1e-3)
-    rates = feed(keeper, [0.5, 0.4, 0.3])
-    assert rates == [pytest.approx(1e-3)] * 3      # no step taken: the schedule's start
-
-
 # --- whole runs: the recipe's settings end to end ---------------------------------------------
 
 def quiet_run(config, options, data):
@@ -420,12 +369,12 @@ def test_a_resumed_cosine_run_follows_the_rates_of_an_uninterrupted_one(tmp_path
     whole = RunOptions(output_dir=str(tmp_path / "whole"), tensorboard=False)
     quiet_run(config, whole, data)
     split = RunOptions(output_dir=str(tmp_path / "split"), tensorboard=False)
-    original = training.Bookkeeper.on_epoch_end
+    original = fit_loop.Bookkeeper.on_epoch_end
 
     def stop_after_the_first_epoch(self, epoch, logs=None):
         original(self, epoch, logs)
         self.stop_requested = True                      # as a Ctrl-C would
-    monkeypatch.setattr(training.Bookkeeper, "on_epoch_end", stop_after_the_first_epoch)
+    monkeypatch.setattr(fit_loop.Bookkeeper, "on_epoch_end", stop_after_the_first_epoch)
     with pytest.raises(RunStopped):
         quiet_run(config, split, data)
     monkeypatch.undo()

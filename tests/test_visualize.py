@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import assert_figures, expected_size, png_size
+import checkpoint
 import datasets
 import run_dir
 import visualize
@@ -66,7 +67,7 @@ def test_rollout_of_the_trained_model_is_a_distribution_over_its_patches(tiny_ru
                                                                         cifar10_files):
     run = run_dir.open_run(tiny_run[0])
     model = build_model(run.config)
-    run_dir.load_best_weights(run, model)
+    checkpoint.load_best_weights(run, model)
     images = cifar10_files[1]["test"][0][:5]
     attentions = [np.asarray(w) for w in model.attention_weights(images)]
     assert [w.shape for w in attentions] == [(5, 4, 50, 50)] * 2

@@ -1,0 +1,75 @@
+"""resume.py: resuming from a folder's config.json with the flags on top, and its checks."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+import resume
+import run_dir
+from config import PRESETS, RunOptions, override, to_json
+from errors import UsageError
+
+
+@pytest.fixture
+def saved_run(tmp_path):
+    """A folder whose config.json holds a tiny run with --batch-size 32 on an archive."""
+    archive = tmp_path / "data.tar.gz"
+    archive.write_bytes(b"")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    config = override(PRESETS["tiny"], batch_size=32, epochs=2)
+    options = RunOptions(data_dir=str(archive), output_dir=str(folder), tensorboard=False)
+    (folder / "config.json").write_text(json.dumps(to_json(config, options)))
+    return str(folder), config, options
+
+
+def test_a_folder_with_config_json_resumes_with_its_settings_and_the_flags_on_top(saved_run):
+    folder, config, options = saved_run
+    assert resume.resume_settings("cifar10", folder, {}) == (config, options)
+    resumed, resumed_options = resume.resume_settings(
+        "cifar10", folder, {"epochs": 5, "learning_rate": 1e-4, "gpu": "1", "xla": "off"})
+    assert resumed == dataclasses.replace(config, epochs=5, learning_rate=1e-4)
+    assert resumed_options == dataclasses.replace(options, gpu="1", xla="off")
+    # the preset that made it, with the same flags, is accepted and changes nothing
+    assert resume.resume_settings("cifar10", folder, {"batch_size": 32}, "tiny") == \
+        (config, options)
+    assert resume.resume_settings("cifar10", os.path.dirname(folder), {}) is None
+    assert resume.resume_settings("cifar10", None, {}) is None
+
+
+def test_changes_that_would_make_another_run_are_listed_all_at_once(saved_run):
+    folder, _, _ = saved_run
+    before = open(os.path.join(folder, "config.json")).read()
+    with pytest.raises(UsageError, match=r"holds a run with --patch-size 8, not 16, "
+                                         r"--num-layers 2, not 3, --flip True, not False; "
+                                         r"leave those flags out .* --restart"):
+        resume.resume_settings("cifar10", folder, {"num_layers": 3, "patch_size": 16,
+                                                    "flip": False, "epochs": 9})
+    with pytest.raises(UsageError, match=r"--batch-size 32, not 128"):
+        resume.resume_settings("cifar10", folder, {}, "tiny")           # tiny's own 128
+    with pytest.raises(UsageError, match="holds a CIFAR-10 run; resume it with "
+                                         "train_cifar10.py"):
+        resume.resume_settings("cifar100", folder, {})
+    assert open(os.path.join(folder, "config.json")).read() == before
+
+
+def test_data_that_moved_and_a_config_json_of_another_version_are_one_line(saved_run):
+    folder, _, options = saved_run
+    os.remove(options.data_dir)
+    with pytest.raises(UsageError, match=r"the run's data, --data-dir .*data.tar.gz \(in "
+                                         r".*config.json\), is not there; pass --data-dir"):
+        resume.resume_settings("cifar10", folder, {})
+    assert resume.resume_settings("cifar10", folder, {"data_dir": "elsewhere"})[1].data_dir \
+        == "elsewhere"
+    run = run_dir.SavedRun(folder, *run_dir.read_config(folder), [])
+    with pytest.raises(UsageError, match=r"the run read its data from .*data.tar.gz \(its "
+                                         r"config.json\), which is not there now; pass "
+                                         r"--data-dir"):
+        run.data_dir(None)
+    assert run.data_dir("mine") == "mine"
+    values = json.load(open(os.path.join(folder, "config.json")))
+    values["experiment"]["warp"] = 9
+    json.dump(values, open(os.path.join(folder, "config.json"), "w"))
+    with pytest.raises(UsageError, match="config.json has unknown keys warp"):
+        resume.resume_settings("cifar10", folder, {"data_dir": "elsewhere"})

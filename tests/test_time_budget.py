@@ -1,0 +1,44 @@
+"""time_budget.py: the plan's arithmetic (whole epochs, the last cut short after whole
+steps_per_execution calls, the warmup's share) and its round trip through the run state."""
+import dataclasses
+
+import pytest
+
+import time_budget
+from checkpoint import RunState
+from time_budget import BUDGET_SHARE, Plan
+
+
+def planned(minutes=1.0, spent=0.0, rate=4.0, epoch_end=0.0, batch=1, steps=20,
+            per_call=1, warmup=0.1):
+    return time_budget.plan(minutes, spent, rate, 50.0, epoch_end, batch, steps, per_call,
+                            warmup)
+
+
+def test_the_plan_fills_the_budget_with_steps_whole_epochs_first():
+    # 0.25 s a step, 60 s * BUDGET_SHARE = 57 s: 228 steps = 11 epochs of 20 and 8 steps
+    plan = planned()
+    assert plan.steps == int(60 * BUDGET_SHARE / 0.25) == 228
+    assert (plan.epochs, plan.last_epoch_steps) == (12, 8)
+    assert plan.warmup_steps == 23 and plan.planned_seconds == pytest.approx(57.0)
+
+
+def test_calibration_and_epoch_ends_count_against_the_budget():
+    # 7 s spent, 1 s per epoch end: 50 s = 8 epochs of 6 s, then 1 s of steps and 1 s
+    plan = planned(spent=7.0, epoch_end=1.0)
+    assert (plan.epochs, plan.last_epoch_steps, plan.steps) == (9, 4, 164)
+    assert plan.planned_seconds == pytest.approx(57.0) and plan.calibration_seconds == 7.0
+
+
+def test_the_last_epoch_ends_after_whole_calls_and_at_least_one_call_runs():
+    plan = planned(per_call=8)
+    assert plan.last_epoch_steps % 8 == 0 or plan.last_epoch_steps == 20
+    tiny = planned(minutes=0.001, per_call=4)                        # not even one step fits
+    assert (tiny.epochs, tiny.steps, tiny.last_epoch_steps) == (1, 4, 4)
+
+
+def test_a_plan_survives_the_run_state_json_as_a_plan():
+    state = RunState(epochs_done=2, plan=planned())
+    again = RunState.from_json(state.to_json())
+    assert isinstance(again.plan, Plan) and again == state
+    assert set(dataclasses.asdict(again.plan)) == {f.name for f in dataclasses.fields(Plan)}
