@@ -383,13 +383,6 @@ class RunOptions:
         if isinstance(self.gpu, str):
             object.__setattr__(self, "gpu", self.gpu.replace(" ", ""))
 
-    @property
-    def gpu_indices(self) -> Tuple[int, ...]:
-        """The GPUs --gpu names, in its order; () when not given. Call after validate()."""
-        if self.gpu is None:
-            return ()
-        return tuple(int(index) for index in self.gpu.split(","))
-
     def validate(self) -> "RunOptions":
         _check_positive(self, "steps_per_execution")
         if self.gpu is not None:

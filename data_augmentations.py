@@ -341,59 +341,6 @@ def apply_ops(images, seed, bounds: Mapping[str, Bound], crop_padding: int = 0,
     return _to_uint8(x)
 
 
-def random_crop(images, seed, padding: int = 4):
-    """Zero-pad by `padding` pixels per side, then crop back at a random offset per image
-    (a shift of up to +-padding pixels in each direction). padding=0 is the identity."""
-    return apply_ops(images, seed, {}, crop_padding=padding)
-
-
-def random_flip(images, seed, horizontal: bool = True):
-    """Mirror each image with probability 1/2 (left-right, or up-down if not horizontal)."""
-    return apply_ops(images, seed, {}, flip=horizontal, vertical_flip=not horizontal)
-
-
-def random_rotation(images, seed, max_degrees: Bound):
-    """Turn each image by its own angle in [-max_degrees, max_degrees] about its centre."""
-    return apply_ops(images, seed, {"rotation": max_degrees})
-
-
-def random_shear(images, seed, max_shear: Bound):
-    """Shear each image horizontally and vertically by factors in [-max_shear, max_shear]
-    (0.5: rows at the edge of a 32-pixel image move up to 8 pixels)."""
-    return apply_ops(images, seed, {"shear": max_shear})
-
-
-def random_zoom(images, seed, max_zoom: Bound):
-    """Magnify each image about its centre by a scale in [1 - max_zoom, 1 + max_zoom];
-    max_zoom < 1."""
-    return apply_ops(images, seed, {"zoom": max_zoom})
-
-
-def random_translation(images, seed, max_fraction: Bound):
-    """Shift each image by up to max_fraction of its width and of its height."""
-    return apply_ops(images, seed, {"translation": max_fraction})
-
-
-def random_hue(images, seed, max_turns: Bound):
-    """Turn each image's colours by up to max_turns of the hue circle (see hue_matrix)."""
-    return apply_ops(images, seed, {"hue": max_turns})
-
-
-def random_saturation(images, seed, max_change: Bound):
-    """Scale each image's saturation by a factor in [1 - max_change, 1 + max_change]."""
-    return apply_ops(images, seed, {"saturation": max_change})
-
-
-def random_brightness(images, seed, max_delta: Bound):
-    """Add a delta in [-max_delta, max_delta] (a fraction of 255) to each image."""
-    return apply_ops(images, seed, {"brightness": max_delta})
-
-
-def random_contrast(images, seed, max_change: Bound):
-    """Scale each image's contrast by a factor in [1 - max_change, 1 + max_change]."""
-    return apply_ops(images, seed, {"contrast": max_change})
-
-
 # --- RandAugment ------------------------------------------------------------------------------
 
 def choose_ops(seed, batch, num_ops: int, n: int, prob: float):

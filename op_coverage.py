@@ -168,9 +168,3 @@ def missing_kernels(op_dtypes: Dict[str, Set[str]], gpu_kernels: Kernels,
             if not any(_accepts(constraints, attrs) for constraints in candidates):
                 missing.append(f"{op}({signature})")
     return sorted(missing)
-
-
-def format_op_dtypes(op_dtypes: Dict[str, Set[str]]) -> str:
-    """One line per op type, sorted: "MatMul: T=float32"; signatures joined by " | "."""
-    return "\n".join(f"{op}: {' | '.join(sorted(s or '-' for s in signatures))}"
-                     for op, signatures in sorted(op_dtypes.items()))

@@ -39,6 +39,20 @@ def run_module(module, *args, timeout=300, env=None):
                           env=app_environment(env), cwd=ROOT)
 
 
+def random_op(name):
+    """One augmentation alone, as (images, seed, bound) -> images, through
+    data_augmentations.apply_ops: an operation with its bound, "crop" (the padding, 4 by
+    default) or "flip" (horizontal by default)."""
+    import data_augmentations as aug
+    if name == "crop":
+        return lambda images, seed, padding=4: aug.apply_ops(images, seed, {},
+                                                             crop_padding=padding)
+    if name == "flip":
+        return lambda images, seed, horizontal=True: aug.apply_ops(
+            images, seed, {}, flip=horizontal, vertical_flip=not horizontal)
+    return lambda images, seed, bound: aug.apply_ops(images, seed, {name: bound})
+
+
 def app_environment(env=None):
     """This process's environment as a user's shell would have it, plus `env`."""
     full_env = {**os.environ, **(env or {})}

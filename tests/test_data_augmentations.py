@@ -9,6 +9,7 @@ from matplotlib import cbook
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 import data_augmentations as aug
+from helpers import random_op
 from config import RANDAUGMENT_OPS, Augmentation
 
 SEED = tf.constant([3, 4])
@@ -30,15 +31,15 @@ def per_image(value, n):
 
 # Every batch op, as (images, seed, magnitude) -> images, with a strong magnitude.
 OPS = {
-    "rotation": (aug.random_rotation, 30.0),
-    "shear": (aug.random_shear, 0.3),
-    "zoom": (aug.random_zoom, 0.3),
-    "translation": (aug.random_translation, 0.2),
-    "hue": (aug.random_hue, 0.3),
-    "saturation": (aug.random_saturation, 0.8),
-    "brightness": (aug.random_brightness, 0.3),
-    "contrast": (aug.random_contrast, 0.8),
-    "crop": (aug.random_crop, 4),
+    "rotation": (random_op("rotation"), 30.0),
+    "shear": (random_op("shear"), 0.3),
+    "zoom": (random_op("zoom"), 0.3),
+    "translation": (random_op("translation"), 0.2),
+    "hue": (random_op("hue"), 0.3),
+    "saturation": (random_op("saturation"), 0.8),
+    "brightness": (random_op("brightness"), 0.3),
+    "contrast": (random_op("contrast"), 0.8),
+    "crop": (random_op("crop"), 4),
     # the pixel ops with a magnitude, as RandAugment applies them (autocontrast and equalize
     # have none: an image gets them or not)
     **{op: (lambda images, seed, bound, op=op: aug.apply_ops(images, seed, {op: bound}), 1.0)
@@ -138,14 +139,14 @@ def spot_centroids(out, centre):
 def test_random_geometry_draws_within_its_bounds():
     spot = np.zeros((64, 33, 33, 3), np.uint8)
     spot[:, 15:18, 23:26] = 255                         # a 3x3 spot 8 pixels right of centre
-    x, y = spot_centroids(aug.random_rotation(tf.constant(spot), SEED, 30.0).numpy(), 16)
+    x, y = spot_centroids(random_op("rotation")(tf.constant(spot), SEED, 30.0).numpy(), 16)
     angles = np.degrees(np.arctan2(-y, x))              # counter-clockwise as displayed
     np.testing.assert_allclose(np.hypot(x, y), 8, atol=0.3)
     assert np.abs(angles).max() <= 30.5 and angles.std() > 10
-    x, y = spot_centroids(aug.random_translation(tf.constant(spot), SEED, 0.1).numpy(), 16)
+    x, y = spot_centroids(random_op("translation")(tf.constant(spot), SEED, 0.1).numpy(), 16)
     assert np.abs(x - 8).max() <= 3.3 + 0.1 and np.abs(y).max() <= 3.3 + 0.1
     assert np.abs(x - 8).std() > 1 and np.abs(y).std() > 1
-    x, y = spot_centroids(aug.random_zoom(tf.constant(spot), SEED, 0.25).numpy(), 16)
+    x, y = spot_centroids(random_op("zoom")(tf.constant(spot), SEED, 0.25).numpy(), 16)
     scale = np.hypot(x, y) / 8
     assert 0.75 - 0.02 <= scale.min() and scale.max() <= 1.25 + 0.02 and scale.std() > 0.1
 
@@ -203,7 +204,7 @@ def test_colour_ops_compose_as_applied_one_after_another():
 def test_colour_saturates_at_the_ends_of_the_range_instead_of_wrapping():
     ends = np.concatenate([np.zeros((16, 4, 4, 3), np.uint8), np.full((16, 4, 4, 3), 255,
                                                                       np.uint8)])
-    for op, bound in [(aug.random_brightness, 0.5), (aug.random_contrast, 1.0)]:
+    for op, bound in [(random_op("brightness"), 0.5), (random_op("contrast"), 1.0)]:
         out = op(tf.constant(ends), SEED, bound).numpy()
         assert out[:16].max() <= 128 and out[16:].min() >= 127
 

@@ -120,7 +120,7 @@ def test_every_preset_step_op_has_a_directml_kernel(preset, capsys):
     ops = preset_ops(preset)
     with capsys.disabled():                       # in the CI log even when it passes
         print(f"\n{preset}: {len(ops)} op types in the train and test steps\n"
-              + op_coverage.format_op_dtypes(ops))
+              + format_op_dtypes(ops))
     assert op_coverage.missing_kernels(ops, op_coverage.directml_gpu_kernels()) == []
 
 
@@ -168,3 +168,9 @@ def test_registered_kernels_hold_dtype_constraints():
     assert any("float32" in kernel.get("T", ()) for kernel in matmul)
     assert op_coverage.missing_kernels({"MatMul": {"T=float32"}},
                                        op_coverage.registered_kernels("CPU"), {}) == []
+
+
+def format_op_dtypes(op_dtypes) -> str:
+    """One line per op type, sorted: "MatMul: T=float32"; signatures joined by " | "."""
+    return "\n".join(f"{op}: {' | '.join(sorted(s or '-' for s in signatures))}"
+                     for op, signatures in sorted(op_dtypes.items()))

@@ -143,7 +143,7 @@ def history_column(folder, column):
 def test_mirrored_on_two_replicas_trains_as_one_device_does(tmp_path, cifar10_tar):
     """Same global batch (16 = 2 x 8) and seed: the same weights after two epochs and a
     resumed third, up to the float rounding of summing two half-batch gradients (measured
-    at most 3e-5; a sparse position-embedding gradient, now dense, made it 5e-3)."""
+    at most 3e-5, with the position embedding's gradient dense; a sparse one gives 5e-3)."""
     script = MIRRORED_SCRIPT.format(tar=cifar10_tar, out=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=600, cwd=ROOT)
