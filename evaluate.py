@@ -14,7 +14,7 @@ from typing import List, Optional
 import checkpoint
 import run_dir
 from errors import UsageError, entry_point
-from flags import Parser, add_verbose_flag, verbose_requested
+from flags import Parser, add_saved_run_arguments, add_verbose_flag, verbose_requested
 
 METRICS = ("test_top1", "test_top5", "test_loss")
 
@@ -47,12 +47,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Returns the exit code: 0, or 2 with one `error:` line for bad input."""
     parser = Parser(prog="evaluate.py",
                     description="Evaluate a run's best weights on the test set again.")
-    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
-                                        "train_cifar100.py")
-    parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
-                                           "CIFAR archive or its extracted folder, or the "
-                                           "archive file itself (default: where the run "
-                                           "read its data)")
+    add_saved_run_arguments(parser)
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default: the run's batch size)")
     add_verbose_flag(parser)

@@ -87,6 +87,16 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
                              "hidden by default unless TF_CPP_MIN_LOG_LEVEL is set")
 
 
+def add_saved_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """RUN_DIR and --data-dir, for the commands that read a saved run and the test set."""
+    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
+                                        "train_cifar100.py")
+    parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
+                                           "CIFAR archive or its extracted folder, or the "
+                                           "archive file itself (default: where the run "
+                                           "read its data)")
+
+
 def verbose_requested(argv: List[str]) -> bool:
     """Whether argv (before any `--`) has --verbose: for commands that must prepare the
     environment before they parse their flags."""

@@ -36,7 +36,8 @@ import run_dir  # noqa: E402
 from config import patch_grid_side  # noqa: E402
 from datasets import IMAGE_SIZE  # noqa: E402
 from errors import UsageError, entry_point  # noqa: E402
-from flags import Parser, add_verbose_flag, verbose_requested  # noqa: E402
+from flags import (Parser, add_saved_run_arguments, add_verbose_flag,  # noqa: E402
+                   verbose_requested)
 from run_dir import ATTENTION, CONFUSION, CURVES, HISTORY, PATCHES, PREDICTIONS  # noqa: E402
 
 DPI = 100
@@ -332,12 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         prog="visualize.py",
         description="Draw the figures of a run directory into it: training curves, confusion "
                     "matrix, test predictions, attention maps, and a test image as patches.")
-    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
-                                        "train_cifar100.py")
-    parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
-                                           "CIFAR archive or its extracted folder, or the "
-                                           "archive file itself (default: where the run "
-                                           "read its data)")
+    add_saved_run_arguments(parser)
     parser.add_argument("--patches", type=int, default=0, metavar="IMAGE_INDEX",
                         help=f"test image drawn as patches into {PATCHES} (default: 0)")
     add_verbose_flag(parser)
