@@ -35,7 +35,7 @@ here; figures in benchmarks/README.md)::
     python train_cifar10.py --preset fast --time-budget 15
 
   Measured: 87.1% test top-1 (range 87.0-87.2%) after 179 s (172-187 s) of training,
-  2 seeds, `python benchmarks/time_to_accuracy.py --preset fast --seeds 2` (current stack,
+  2 seeds, `python -m benchmarks.time_to_accuracy --preset fast --seeds 2` (current stack,
   2-core x86_64 CPU, the Fashion-MNIST proxy: no CIFAR figure). The sample preset, given the
   same 3 minutes, reached 63.1% there (one run).
 
