@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from config import POOLINGS, patch_grid_side
@@ -32,16 +33,18 @@ keras = tf.keras
 def gelu(x):
     """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)): TF 2.10's tf.nn.gelu formula.
     Current TF's tf.nn.gelu computes the same through erfc, whose kernel and gradient take
-    about three times as long on the CPU. The gradient is written out,
-    Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi), reusing Phi(x) from the forward pass: fewer
-    element-wise ops than differentiating the formula op by op."""
-    cdf = 0.5 + 0.5 * tf.math.erf(x * tf.cast(1.0 / math.sqrt(2.0), x.dtype))
+    about three times as long on the CPU. Written in the op order of that formula, which the
+    TFLite converter fuses into its GELU op (TFLite has no Erf) and ONNX Runtime into its
+    Gelu kernel. The gradient is written out, Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi),
+    reusing 2 Phi(x) from the forward pass: fewer element-wise ops than differentiating the
+    formula op by op."""
+    twice_cdf = 1.0 + tf.math.erf(x / tf.cast(math.sqrt(2.0), x.dtype))     # 2 Phi(x)
 
     def grad(upstream):
         density = tf.exp(-0.5 * tf.square(x)) * tf.cast(1.0 / math.sqrt(2.0 * math.pi), x.dtype)
-        return upstream * (cdf + x * density)
+        return upstream * (0.5 * twice_cdf + x * density)
 
-    return x * cdf, grad
+    return 0.5 * x * twice_cdf, grad
 
 
 @tf.custom_gradient
@@ -104,16 +107,26 @@ def _layer_norm(x, gamma, beta, epsilon):
 @register
 class PatchExtractor(keras.layers.Layer):
     """(B, S, S, C) images -> (B, N, P*P*C): patches in row-major order, each flattened in
-    (row, column, channel) order. N = ((S - P) // stride + 1) ** 2; stride < P overlaps."""
+    (row, column, channel) order. N = ((S - P) // stride + 1) ** 2; stride < P overlaps.
 
-    def __init__(self, patch_size: int, patch_stride: int, **kwargs):
+    `gather=True` takes the same values by one Gather of precomputed pixel indices from the
+    flattened images, for any size and stride: the form model_export uses, because every
+    converter takes it with a dynamic batch (tf2onnx converts ExtractImagePatches only for
+    a static one; TF 2.10's TFLite transposes at most 5 axes). Training keeps the default,
+    whose gradient needs no scatter."""
+
+    def __init__(self, patch_size: int, patch_stride: int, gather: bool = False, **kwargs):
         super().__init__(**kwargs)
         self.patch_size = patch_size
         self.patch_stride = patch_stride
+        self.gather = gather
 
     def call(self, images):
         p, s = self.patch_size, self.patch_stride
         _, height, width, channels = images.shape
+        if self.gather:
+            flat = tf.reshape(images, [-1, height * width * channels])          # (B, S*S*C)
+            return tf.gather(flat, patch_indices(height, width, channels, p, s), axis=1)
         if p == s and height % p == 0 and width % p == 0:
             # Non-overlapping patches are a reshape and one transpose: same values and
             # order as extract_patches, in plain ops every backend has.
@@ -132,7 +145,20 @@ class PatchExtractor(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size,
-                "patch_stride": self.patch_stride}
+                "patch_stride": self.patch_stride, "gather": self.gather}
+
+
+def patch_indices(height: int, width: int, channels: int, patch_size: int,
+                  patch_stride: int) -> np.ndarray:
+    """(N, P*P*C) int32: for each patch in row-major order, the indices of its pixels in an
+    image flattened to H*W*C, in (row, column, channel) order."""
+    p = patch_size
+    top = np.arange(0, height - p + 1, patch_stride)[:, None, None, None, None]
+    left = np.arange(0, width - p + 1, patch_stride)[None, :, None, None, None]
+    row = top + np.arange(p)[None, None, :, None, None]           # (rows, 1, P, 1, 1)
+    column = left + np.arange(p)[None, None, None, :, None]       # (1, cols, 1, P, 1)
+    index = (row * width + column) * channels + np.arange(channels)   # (rows, cols, P, P, C)
+    return index.reshape(-1, p * p * channels).astype(np.int32)
 
 
 @register

@@ -50,6 +50,16 @@ def test_patch_extractor_shapes_and_numpy_reference(p, s, expected):
     np.testing.assert_array_equal(out, numpy_patches(x, p, s))
 
 
+@pytest.mark.parametrize("p, s", [(4, 4), (8, 4), (8, 8), (32, 1), (2, 2), (5, 3)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32])
+def test_gather_patch_path_equals_the_default_one(p, s, dtype):
+    x = images().astype(dtype)
+    gathered = PatchExtractor(p, s, gather=True)(x)
+    assert gathered.dtype == dtype
+    np.testing.assert_array_equal(gathered.numpy(), PatchExtractor(p, s)(x).numpy())
+    np.testing.assert_array_equal(gathered.numpy(), numpy_patches(x, p, s))
+
+
 def test_class_token_prepends_one_shared_learned_vector():
     tokens = tf.random.normal((3, 5, 8))
     layer = ClassToken()
@@ -162,7 +172,7 @@ def test_every_trainable_weight_gets_a_finite_gradient(options):
 
 
 @pytest.mark.parametrize("layer", [
-    PatchExtractor(8, 4, name="p"), ClassToken(name="c"), MultiHeadSelfAttention(16, 4, name="a"),
+    PatchExtractor(8, 4, name="p"), PatchExtractor(8, 8, gather=True, name="pg"), ClassToken(name="c"), MultiHeadSelfAttention(16, 4, name="a"),
     TransformerBlock(16, 4, 32, 0.3, name="b"),
     VisionTransformer(10, patch_size=8, patch_stride=8, num_layers=1, embedding_dim=16,
                       num_heads=2, mlp_hidden_dim=8, head_units=(4,), dropout=0.3, name="v"),
