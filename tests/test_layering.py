@@ -10,17 +10,17 @@ import pytest
 from helpers import ROOT
 
 ENTRY_POINTS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "visualize",
-                "flops", "preview_augmentations"}
+                "flops", "preview_augmentations", "export", "onnx_predict"}
 # Each module may import only modules of a lower rank; modules of one rank may import each
 # other as long as no cycle forms (checked separately). Entry points are never imported
 # (visualize and flops are also library modules: only their __main__ blocks are commands).
 RANKS = {
     "errors": 0, "datasets": 0, "keras_compat": 0, "time_budget": 0, "op_coverage": 0,
-    "config": 1,
+    "config": 1, "prediction_io": 1, "deployed_model": 1,
     "flags": 2, "run_dir": 2,
     "checkpoint": 3, "cifar_data": 3, "devices": 3, "data_augmentations": 3, "vit_model": 3,
     "flops": 3, "optimization": 3,
-    "resume": 4, "input_pipeline": 4, "visualize": 4, "distribution": 4,
+    "resume": 4, "input_pipeline": 4, "visualize": 4, "distribution": 4, "model_export": 4,
     "fit_loop": 5,
     "training": 6,
     "cli": 7,
