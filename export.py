@@ -32,7 +32,7 @@ import devices
 import run_dir
 from datasets import IMAGE_SIZE
 from errors import RunStopped, UsageError, entry_point, first_line
-from flags import Parser, add_verbose_flag, verbose_requested
+from flags import Parser, add_saved_run_arguments, add_verbose_flag, verbose_requested
 
 FORMATS = ("onnx", "saved_model", "tflite")
 DEFAULT_NAMES = {"onnx": "model.onnx", "saved_model": "saved_model", "tflite": "model.tflite"}
@@ -198,8 +198,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = Parser(prog="export.py",
                     description="Export a run's best weights as ONNX, SavedModel or TFLite, "
                                 "for use without the app (ONNX: without TensorFlow).")
-    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
-                                        "train_cifar100.py")
+    add_saved_run_arguments(parser)          # --data-dir: read with --quantize int8 only
     parser.add_argument("--format", choices=FORMATS, default="onnx",
                         help="onnx (default; ONNX Runtime, its DirectML provider, Windows ML), "
                              "saved_model (TensorFlow Serving, tf.saved_model.load) or tflite")
@@ -209,8 +208,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--quantize", choices=("int8",),
                         help="int8: ONNX Runtime's dynamic quantisation of the ONNX model; "
                              "measures test top-1 before and after on the test split")
-    parser.add_argument("--data-dir", help="with --quantize: where the test set is, as for "
-                                           "evaluate.py (default: where the run read its data)")
     parser.add_argument("--force", action="store_true", help="replace an existing export")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
