@@ -52,6 +52,18 @@ def test_benchmark_runs_and_reports_the_ratios():
                                .split("x")[0]))
 
 
+@pytest.mark.slow
+def test_inference_benchmark_prints_each_runtime_and_the_ratios():
+    result = run_module("benchmarks.inference_throughput", "--presets", "tiny",
+                        "--batch1-runs", 3, "--big-batch", 8, "--big-runs", 1, "--warmup", 1)
+    assert result.returncode == 0, result.stderr[-2000:]
+    runtimes = re.findall(r"^  (.+?) +batch 1 median +([\d.]+) ms, p99 +([\d.]+) ms; batch 8 "
+                          r"+([\d,]+) images/s$", result.stdout, re.M)
+    names = [name for name, *_ in runtimes]
+    assert names[:3] == ["Keras tf.function", "Keras model.predict", "ONNX Runtime float32"]
+    assert all(float(median) > 0 for _, median, _, _ in runtimes)
+    assert "ratios: ORT float32 batch-1 latency / Keras best" in result.stdout
+
 
 def write_idx(path, array):
     """An MNIST-format file: 0, 0, dtype 8 (uint8), rank, then each size as 4 big-endian
