@@ -12,6 +12,7 @@ from typing import Callable, List, Optional, Tuple
 
 import devices
 import distribution
+import precision
 import resume
 from config import RunOptions, TrainConfig
 from errors import entry_point
@@ -22,12 +23,12 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
                ) -> Tuple[TrainConfig, RunOptions, object, devices.Device]:
     """For the benchmark scripts built on the training flags: `parse(argv)` -> (config,
     options, args), then the GPU chosen before TensorFlow starts, then the device, checked
-    against --xla / --mixed-precision. Returns (config, options, args, device)."""
+    against --xla and --mixed-precision. Returns (config, options, args, device)."""
     config, options, args = parse(argv)
     devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
     device = devices.detect()
     devices.use_xla(options.xla, device)                 # raise where impossible
-    devices.use_mixed_precision(options.mixed_precision, device)
+    precision.decide(options.mixed_precision, device, config)
     return config, options, args, device
 
 
@@ -74,12 +75,11 @@ def banner(config: TrainConfig, options: RunOptions, device: devices.Device,
            plan: "distribution.Plan | None" = None) -> str:
     v = devices.versions()
     xla = "on" if devices.use_xla(options.xla, device) else "off"
-    precision = ("mixed float16" if devices.use_mixed_precision(options.mixed_precision, device)
-                 else "float32")
     budget = (f" | time budget {config.time_budget:g} min (epochs set by timing the first "
               "steps)" if config.time_budget else "")
     plan = plan or distribution.single_device()
+    chosen = precision.decide(options.mixed_precision, device, config, plan.workers)
     return (f"ViT on {config.display_name} | TensorFlow {v['tensorflow_version']}, Keras "
             f"{v['keras_version']}, Python {v['python_version']} | training on "
-            f"{device.describe()}, XLA {xla}, {precision} | {plan.describe(config.batch_size)}"
-            f"{budget}")
+            f"{device.describe()}, XLA {xla}, {chosen.describe()} | "
+            f"{plan.describe(config.batch_size)}{budget}")

@@ -60,7 +60,8 @@ configs/datasets/cifar10.yml); reported 91.4% CIFAR-10 / 69.8% CIFAR-100 top-1::
   RandAugment 2/9 over all operations. Where this app differs: random crops of a 4-pixel
   padding instead of random-resized crops of 80-100% of the image, RandAugment's magnitude
   drawn uniformly up to 9 instead of timm's normal(9, 0.5), mixing on every image instead of
-  every batch, no warmup from 1e-5, no 10 cooldown epochs, no mixed precision on CPUs.
+  every batch, no warmup from 1e-5, no 10 cooldown epochs, on a CPU float32 unless bfloat16
+  is measured faster (--mixed-precision auto).
 
 ``vit_small_data``: the ViT baseline of Lee et al. 2021, "Vision Transformer for Small-Size
 Datasets" (settings from the authors' aanna0701/SPT_LSA_ViT main.py); reported 93.58%
@@ -111,6 +112,7 @@ OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("plateau", "cosine")
 CONFIG_FORMAT = 2        # config.json's "format": the layout to_json writes
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
+PRECISION_CHOICES = ("auto", "off", "float16", "bfloat16", "on")    # precision.py decides
 
 
 def patch_grid_side(image_size: int, patch_size: int, patch_stride: int) -> int:
@@ -372,9 +374,11 @@ class RunOptions:
         "XLA compilation: auto (on for CUDA only; DirectML has no XLA and it is slower on "
         "CPU), on, off", choices=("auto", "on", "off")))
     mixed_precision: str = field(default="auto", metadata=_flag(
-        "float16 compute with float32 weights: auto (on for CUDA GPUs of compute capability "
-        "7.0 or more, whose tensor cores make it faster; DirectML has none), on, off",
-        choices=("auto", "on", "off")))
+        "the number format of the model's arithmetic; weights, optimizer, loss, softmax and "
+        "LayerNorm stay float32: auto (bfloat16 on CUDA GPUs of compute capability 8.0+, "
+        "float16 on 7.x; on a CPU with bfloat16 arithmetic (AMX, AVX512-BF16), bfloat16 when "
+        "a few seconds' measurement finds it faster for this model; else float32), off "
+        "(float32), float16, bfloat16, on (= float16)", choices=PRECISION_CHOICES))
     tensorboard: bool = field(default=True, metadata=_flag(
         "write TensorBoard logs into OUTPUT_DIR/tensorboard (view: tensorboard --logdir runs)"))
 
@@ -391,6 +395,9 @@ class RunOptions:
                     len(set(map(int, indices))) != len(indices):
                 raise UsageError(f"--gpu must be a GPU index 0 or more, or distinct indices "
                                  f"separated by commas (0,1), got {self.gpu}")
+        if self.mixed_precision not in PRECISION_CHOICES:
+            raise UsageError(f"--mixed-precision must be one of "
+                             f"{', '.join(PRECISION_CHOICES)}, got {self.mixed_precision}")
         if self.distribute not in DISTRIBUTE_CHOICES:
             raise UsageError(f"--distribute must be one of {', '.join(DISTRIBUTE_CHOICES)}, "
                              f"got {self.distribute}")

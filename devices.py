@@ -210,15 +210,6 @@ def use_xla(setting: str, device: Device) -> bool:
     return setting == "on"
 
 
-def use_mixed_precision(setting: str, device: Device) -> bool:
-    """float16 compute only where it is faster: CUDA GPUs with tensor cores (compute
-    capability >= 7.0). DirectML has no mixed precision; on a CPU it is slower."""
-    if setting == "auto":
-        return device.kind == "CUDA" and tuple(device.compute_capability or (0, 0)) >= (7, 0)
-    if setting == "on" and device.kind == "DirectML":
-        raise UsageError("--mixed-precision on is not possible on DirectML; use "
-                         "--mixed-precision auto")
-    return setting == "on"
 
 
 def versions() -> dict:

@@ -24,6 +24,7 @@ import distribution
 import fit_loop
 import input_pipeline
 import optimization
+import precision
 import resume
 import run_dir
 import visualize
@@ -33,14 +34,6 @@ from errors import RunStopped, UsageError, first_line
 from vit_model import build_model
 
 keras = tf.keras
-
-
-def set_precision_policy(options: RunOptions, device: devices.Device) -> None:
-    """mixed_float16 where --mixed-precision and the device call for it, else float32; set
-    before the model is built."""
-    keras.mixed_precision.set_global_policy(
-        "mixed_float16" if devices.use_mixed_precision(options.mixed_precision, device)
-        else "float32")
 
 
 def compile_model(model, config: TrainConfig, jit_compile: bool = False,
@@ -113,12 +106,12 @@ def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
           device: devices.Device, restart: bool, cluster: "distribution.Plan") -> dict:
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     output_dir = options.output_dir
+    precision.set_policy(options.mixed_precision, device, config, cluster.workers)  # unseeded
     saved_config = share_start(cluster, config, resume.prepare_for_training(
         config, options, restart), output_dir)
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.LABELS), data.label_names)
 
     keras.utils.set_random_seed(config.seed)
-    set_precision_policy(options, device)
     (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
     steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
@@ -277,13 +270,15 @@ def share_start(plan: "distribution.Plan", config: TrainConfig,
 
 
 def local_model(plan: "distribution.Plan", config: TrainConfig, model):
-    """A model for the chief's test evaluation and figures: `model` itself on one worker; on
-    several, a copy of it outside the strategy (built, compiled, given its weights), whose
-    predictions need no other worker, so they can exit or have died."""
-    if plan.workers == 1:
+    """A model for the chief's test evaluation and figures: `model` itself on one worker in
+    float32; else a float32 copy outside the strategy (built, compiled, given its weights),
+    whose predictions need no other worker (they can exit or have died), and whose test
+    figures are those evaluate.py and predict.py compute: they run in float32."""
+    if plan.workers == 1 and keras.mixed_precision.global_policy().name == precision.FLOAT32:
         return model
-    copy = build_model(config)
-    compile_model(copy, config)
+    with precision.policy(precision.FLOAT32):
+        copy = build_model(config)
+        compile_model(copy, config)
     copy.set_weights(model.get_weights())
     return copy
 
@@ -332,7 +327,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
            state: RunState, device: devices.Device, train_images: int,
            cluster: "distribution.Plan | None" = None) -> dict:
     """Evaluates the best weights on the test set, writes results.json and the figures."""
-    output_dir = options.output_dir
+    output_dir, cluster = options.output_dir, cluster or distribution.single_device()
     best = run_dir.best_weights_path(output_dir)
     if best is None:
         raise UsageError(f"{os.path.join(output_dir, run_dir.BEST_WEIGHTS)} is missing, so "
@@ -354,9 +349,11 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
                             state.epochs_done * train_images) if state.plan
                         else state.epochs_done * train_images),
         "time_budget_plan": dataclasses.asdict(state.plan) if state.plan else None,
-        "distribution": (cluster or distribution.single_device()).record(config.batch_size),
+        "distribution": cluster.record(config.batch_size),
         "device": device.kind,
         "device_name": device.name,
+        "precision": precision.decide(options.mixed_precision, device, config,
+                                      cluster.workers).record(),
         **devices.versions(),
         "config": to_json(config, options),
     }

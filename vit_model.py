@@ -47,6 +47,19 @@ def gelu(x):
     return 0.5 * x * twice_cdf, grad
 
 
+def statistics_dtype(dtype: tf.DType) -> tf.DType:
+    """float32 for the half formats, else `dtype` (float32, or the tests' float64): the
+    format of the attention softmax and of pooled means under mixed precision, as Keras
+    keeps the loss and normalisation statistics in float32."""
+    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
+
+
+def attention_weights(q, k):
+    """softmax(q k) over the last axis: q (B, H, T, Dh) already scaled, k (B, H, Dh, T) ->
+    P (B, H, T, T), computed in statistics_dtype (float32 under mixed precision)."""
+    return tf.nn.softmax(tf.cast(tf.matmul(q, k), statistics_dtype(q.dtype)), axis=-1)
+
+
 @tf.custom_gradient
 def attend(q, k, v):
     """softmax(q k) v per head: q (B, H, T, Dh) already scaled by 1/sqrt(Dh), k (B, H, Dh, T),
@@ -55,15 +68,20 @@ def attend(q, k, v):
     The gradient is written out so that the softmax backward takes two element-wise passes
     over (B, H, T, T) instead of autodiff's four: with P the weights and O = P v,
     dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O) (the identity
-    FlashAttention uses) is a sum over (B, H, T, Dh), 8x smaller for the sample preset."""
-    weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)                       # P: (B, H, T, T)
-    context = tf.matmul(weights, v)
+    FlashAttention uses) is a sum over (B, H, T, Dh), 8x smaller for the sample preset.
+    Under mixed precision the matrix products run in the inputs' format and the softmax and
+    its backward (P, dP, the row sums, dS) in float32."""
+    wide = statistics_dtype(q.dtype)
+    weights = attention_weights(q, k)                                       # P: (B, H, T, T)
+    narrow = tf.cast(weights, v.dtype)
+    context = tf.matmul(narrow, v)
 
     def grad(d_context):
-        d_v = tf.matmul(weights, d_context, transpose_a=True)
-        d_weights = tf.matmul(d_context, v, transpose_b=True)               # dP
-        row = tf.reduce_sum(d_context * context, axis=-1, keepdims=True)   # (B, H, T, 1)
-        d_scores = weights * (d_weights - row)
+        d_v = tf.matmul(narrow, d_context, transpose_a=True)
+        d_weights = tf.cast(tf.matmul(d_context, v, transpose_b=True), wide)   # dP
+        row = tf.reduce_sum(tf.cast(d_context, wide) * tf.cast(context, wide), axis=-1,
+                            keepdims=True)                                  # (B, H, T, 1)
+        d_scores = tf.cast(weights * (d_weights - row), q.dtype)
         return (tf.matmul(d_scores, k, transpose_b=True),                   # dq: (B, H, T, Dh)
                 tf.matmul(q, d_scores, transpose_a=True), d_v)              # dk: (B, H, Dh, T)
 
@@ -75,10 +93,10 @@ def attend_plain(q, k, v, dropout=None):
     Dropout layer in training) applied to the weights before they meet v. The slower path,
     used only when attention dropout is on in training; with dropout=None it is the plain
     formula that `attend`'s gradient is tested against."""
-    weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)                       # (B, H, T, T)
+    weights = attention_weights(q, k)                                       # (B, H, T, T)
     if dropout is not None:
         weights = dropout(weights)
-    return tf.matmul(weights, v)
+    return tf.matmul(tf.cast(weights, v.dtype), v)
 
 
 def _layer_norm(x, gamma, beta, epsilon):
@@ -271,8 +289,8 @@ class MultiHeadSelfAttention(keras.layers.Layer):
         k = tf.transpose(tf.reshape(k, [-1, tokens, heads, head_dim]), [0, 2, 3, 1])
         v = tf.transpose(tf.reshape(v, [-1, tokens, heads, head_dim]), [0, 2, 1, 3])
         if return_attention:                      # inference only: no gradient needed
-            weights = tf.nn.softmax(tf.matmul(q, k), axis=-1)               # (B, H, T, T)
-            context = tf.matmul(weights, v)
+            weights = attention_weights(q, k)                               # (B, H, T, T)
+            context = tf.matmul(tf.cast(weights, v.dtype), v)
         elif training and self.attention_dropout is not None:
             context = attend_plain(q, k, v, lambda weights: self.attention_dropout(
                 weights, training=True))
@@ -422,7 +440,10 @@ class VisionTransformer(keras.Model):
         for block in self.blocks:
             x = block(x, training=training)
         x = self.norm(x)                                                    # (B, T, D)
-        x = x[:, 0] if self.class_token is not None else tf.reduce_mean(x, axis=1)  # (B, D)
+        if self.class_token is not None:
+            x = x[:, 0]                                                     # (B, D)
+        else:                                   # a float32 mean under mixed precision
+            x = tf.reduce_mean(tf.cast(x, statistics_dtype(x.dtype)), axis=1)
         for dense in self.head_layers:
             x = self.head_dropout(gelu(dense(x)), training=training)
         return self.classifier(x)

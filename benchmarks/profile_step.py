@@ -20,6 +20,7 @@ import tempfile
 
 import cli
 import flags
+import precision
 from datasets import IMAGE_SIZE
 from errors import UsageError, entry_point
 
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
     from vit_model import build_model
 
     tf.keras.utils.set_random_seed(config.seed)
-    training.set_precision_policy(options, device)
+    precision.set_policy(options.mixed_precision, device, config)
     rng = np.random.default_rng(config.seed)
     x = rng.integers(0, 256, (config.batch_size, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     y = rng.integers(0, config.num_classes, config.batch_size)

@@ -27,6 +27,24 @@ def test_train_throughput_benchmark_prints_its_figures():
 
 
 @pytest.mark.slow
+def test_train_throughput_compares_precisions_and_feeds_what_the_pipeline_feeds():
+    """--compare-precisions: a row per format this device runs, float32's first, each
+    against its own matmul peak; --model-only with label smoothing (fast's loss) feeds
+    one-hot labels, as the pipeline does."""
+    result = run_module("benchmarks.train_throughput", "--preset", "tiny", "--steps", 2,
+                        "--windows", 2, "--warmup", 1, "--batch-size", 16, "--peak-size",
+                        128, "--model-only", "--label-smoothing", 0.1, "--compare-precisions")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "one fixed uint8 batch (no input pipeline)" in result.stdout
+    rows = re.findall(r"^(float32|mixed bfloat16|mixed float16) +[\d.]+ \([\d.]+-[\d.]+\) +"
+                      r"[\d.]+ +[\d.]+% +([\d.]+)x", result.stdout, re.M)
+    assert rows and rows[0] == ("float32", "1.00"), result.stdout
+    assert re.search(r"matmul peaks, 128x128: float32 \d+ GFLOP/s", result.stdout)
+    assert re.search(r"^--mixed-precision auto picks here: (float32|mixed \w+) \(",
+                     result.stdout, re.M), result.stdout
+
+
+@pytest.mark.slow
 def test_profile_benchmark_lists_op_types_and_rejects_bad_counts():
     result = run_module("benchmarks.profile_step", "--preset", "tiny", "--steps", 1,
                      "--batch-size", 16, "--top", 50)

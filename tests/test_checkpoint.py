@@ -119,7 +119,8 @@ def test_weights_that_do_not_fit_say_which_and_damaged_only_when_unreadable(tmp_
 
 
 @pytest.mark.parametrize("name, policy", [("adam", "float32"), ("adamw", "float32"),
-                                          ("adam", "mixed_float16")])
+                                          ("adam", "mixed_float16"),
+                                          ("adamw", "mixed_bfloat16")])
 def test_optimizer_state_is_keyed_by_slot_and_weight_path(name, policy):
     """Both stacks name Adam's moments differently (and under a loss-scale wrapper
     differently again); the portable keys must cover every one, so that a checkpoint

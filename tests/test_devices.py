@@ -1,4 +1,4 @@
-"""devices.py: GPU variables before TensorFlow, detection, where XLA and mixed precision go."""
+"""devices.py: GPU variables before TensorFlow, detection, where XLA goes."""
 import pytest
 
 import devices
@@ -22,19 +22,13 @@ def test_a_gpu_asked_for_in_vain_is_said_plainly(monkeypatch, cpu_only_host):
     assert "training on the CPU" in device.warning
 
 
-def test_xla_and_mixed_precision_only_where_supported():
+def test_xla_only_where_supported():
     import devices
     cpu, dml = devices.Device("CPU", "cpu"), devices.Device("DirectML", "gpu")
     volta = devices.Device("CUDA", "V100", compute_capability=(7, 0))
-    pascal = devices.Device("CUDA", "P100", compute_capability=(6, 0))
     assert [devices.use_xla("auto", d) for d in (cpu, dml, volta)] == [False, False, True]
-    assert [devices.use_mixed_precision("auto", d) for d in (cpu, dml, pascal, volta)] == [
-        False, False, False, True]
-    assert devices.use_mixed_precision("off", volta) is False
-    for check, flag in ((devices.use_xla, "--xla on"),
-                        (devices.use_mixed_precision, "--mixed-precision on")):
-        with pytest.raises(UsageError, match=f"{flag} is not possible on DirectML"):
-            check("on", dml)
+    with pytest.raises(UsageError, match="--xla on is not possible on DirectML"):
+        devices.use_xla("on", dml)
 
 
 def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch, cpu_only_host):

@@ -16,8 +16,9 @@ import tensorflow as tf
 import devices
 import input_pipeline
 import op_coverage
+import precision
 import training
-from config import PRESETS, RunOptions
+from config import PRESETS
 from vit_model import build_model
 
 keras = tf.keras
@@ -44,17 +45,16 @@ def tiny_datasets(config, images=2):
 
 
 @functools.lru_cache(maxsize=None)
-def preset_ops(name):
+def preset_ops(name, policy=None):
     """{op: {signature}} of the train and test steps of PRESETS[name], built and compiled
-    as training.run does on DirectML (float32, no XLA); traced once per preset and test run."""
+    as training.run does on DirectML (float32, no XLA), or under another Keras `policy`;
+    traced once per preset, policy and test run."""
     config = PRESETS[name]
-    training.set_precision_policy(RunOptions(), DIRECTML_DEVICE)
-    try:
+    policy = policy or precision.decide("auto", DIRECTML_DEVICE, config).policy
+    with precision.policy(policy):
         model = build_model(config)
         training.compile_model(model, config)
         return op_coverage.step_op_dtypes(model, *tiny_datasets(config))
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
 
 
 class EinsumProjection(keras.layers.Layer):
@@ -122,6 +122,23 @@ def test_every_preset_step_op_has_a_directml_kernel(preset, capsys):
         print(f"\n{preset}: {len(ops)} op types in the train and test steps\n"
               + format_op_dtypes(ops))
     assert op_coverage.missing_kernels(ops, op_coverage.directml_gpu_kernels()) == []
+
+
+@needs_directml
+@pytest.mark.slow
+def test_directml_has_no_bfloat16_kernels_for_the_model_so_bfloat16_is_refused_there():
+    """Why precision.py refuses bfloat16 on a DirectML GPU (and auto keeps float32): traced
+    under mixed_bfloat16, the fast preset's matrix products, softmax, GELU and their
+    gradients find no kernel in the plugin's registry (they would all run on the CPU)."""
+    ops = preset_ops("fast", precision.BFLOAT16)
+    missing = op_coverage.missing_kernels(ops, op_coverage.directml_gpu_kernels())
+    assert {"MatMul(T=bfloat16)", "BatchMatMulV2(T=bfloat16)", "Erf(T=bfloat16)",
+            "AddV2(T=bfloat16)", "Mul(T=bfloat16)"} <= set(missing), missing
+    assert precision.decide("auto", DIRECTML_DEVICE, PRESETS["fast"]).policy == \
+        precision.FLOAT32
+    with pytest.raises(precision.UsageError, match="tensorflow-directml-plugin has no "
+                                                  "bfloat16 kernels"):
+        precision.decide("bfloat16", DIRECTML_DEVICE, PRESETS["fast"])
 
 
 def test_einsum_model_shows_einsum():

@@ -20,7 +20,8 @@ RANKS = {
     "flags": 2, "run_dir": 2,
     "checkpoint": 3, "cifar_data": 3, "devices": 3, "data_augmentations": 3, "vit_model": 3,
     "flops": 3, "optimization": 3,
-    "resume": 4, "input_pipeline": 4, "visualize": 4, "distribution": 4, "model_export": 4,
+    "resume": 4, "precision": 4, "input_pipeline": 4, "visualize": 4, "distribution": 4,
+    "model_export": 4,
     "fit_loop": 5,
     "training": 6,
     "cli": 7,
@@ -111,8 +112,9 @@ def test_flags_are_checked_before_tensorflow_is_imported():
     import no TensorFlow: a bad flag fails fast, and the GPU is chosen before the import."""
     import subprocess
     import sys
-    probe = ("import sys; import checkpoint, cli, config, devices, errors, flags, resume, "
-             "run_dir, cifar_data, datasets, time_budget; print('tensorflow' in sys.modules)")
+    probe = ("import sys; import checkpoint, cli, config, devices, errors, flags, precision, "
+             "resume, run_dir, cifar_data, datasets, time_budget; "
+             "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

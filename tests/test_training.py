@@ -297,16 +297,25 @@ def test_whole_run_writes_checkpoint_history_and_results(tmp_path, cifar10_tar):
 
 
 @pytest.mark.slow
-def test_mixed_precision_model_trains_with_float32_logits():
-    tf.keras.mixed_precision.set_global_policy("mixed_float16")
+@pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"),
+                                             ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_model_trains_with_float32_logits_weights_and_optimizer(policy,
+                                                                                 compute):
+    """Both mixed policies: half-precision layers, float32 logits, weights and Adam state;
+    float16 has a loss scale (its small gradients would underflow), bfloat16, with float32's
+    exponent range, none."""
+    tf.keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model(PRESETS["tiny"])
         training.compile_model(model, PRESETS["tiny"])
         x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
         history = model.fit(x, np.arange(8) % 10, epochs=2, verbose=0)
         assert model(x).dtype == tf.float32
-        assert model.patch_proj.compute_dtype == "float16"
+        assert model.patch_proj.compute_dtype == compute
         assert all(np.isfinite(history.history["loss"]))
+        assert hasattr(model.optimizer, "inner_optimizer") == (policy == "mixed_float16")
+        moments = checkpoint.optimizer_variables(model.optimizer)[1:]
+        assert {tf.as_dtype(v.dtype) for v in model.weights + moments} == {tf.float32}
     finally:
         tf.keras.mixed_precision.set_global_policy("float32")
 

@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import op_coverage
+import precision
 import vit_model
 from config import PRESETS, TrainConfig
 from vit_model import (ClassToken, DropPath, MultiHeadSelfAttention, PatchExtractor,
@@ -16,6 +18,9 @@ from vit_model import (ClassToken, DropPath, MultiHeadSelfAttention, PatchExtrac
 keras = tf.keras
 RNG = np.random.default_rng(0)
 ALL_OPTIONS = {"drop_path": 0.1, "attention_dropout": 0.1, "head_units": (), "pooling": "mean"}
+# Compared with float64 references: float32 rounds at 6e-8 relative, bfloat16 (8 significant
+# bits) at 4e-3, so its results may differ by a few of those.
+TOLERANCE = {tf.float32: 1e-5, tf.bfloat16: 3e-2}
 
 
 def small_model(**options):
@@ -156,9 +161,11 @@ def test_weights_saved_with_keras_layer_normalization_still_load(tmp_path, monke
     {}, {"drop_path": 0.1}, {"attention_dropout": 0.1}, {"head_units": ()},
     {"pooling": "mean"}, ALL_OPTIONS], ids=["default", "drop_path", "attention_dropout",
                                             "linear_head", "mean_pool", "all_options"])
-def test_every_trainable_weight_gets_a_finite_gradient(options):
+@pytest.mark.parametrize("policy", [precision.FLOAT32, precision.BFLOAT16])
+def test_every_trainable_weight_gets_a_finite_gradient(options, policy):
     keras.utils.set_random_seed(0)              # the dropout and drop-path masks
-    model = build_model(dataclasses.replace(TrainConfig(num_layers=2), **options))
+    with precision.policy(policy):
+        model = build_model(dataclasses.replace(TrainConfig(num_layers=2), **options))
     x, y = images(8), RNG.integers(0, 10, 8)
     with tf.GradientTape() as tape:
         loss = keras.losses.sparse_categorical_crossentropy(y, model(x, training=True),
@@ -167,6 +174,7 @@ def test_every_trainable_weight_gets_a_finite_gradient(options):
     assert len(grads) == len(model.trainable_weights) > 0
     for weight, grad in zip(model.trainable_weights, grads):
         assert grad is not None, weight.name
+        assert weight.dtype == grad.dtype == tf.float32, weight.name    # float32 under mixed
         grad = tf.convert_to_tensor(grad).numpy()
         assert np.all(np.isfinite(grad)) and np.any(grad != 0), weight.name
 
@@ -194,23 +202,33 @@ def test_get_config_round_trips_every_constructor_argument(layer):
 @pytest.mark.slow
 @pytest.mark.parametrize("config", [PRESETS["tiny"], dataclasses.replace(PRESETS["tiny"], **ALL_OPTIONS)],
                          ids=["default", "all_options"])
-def test_saved_model_loads_back_with_the_same_outputs(tmp_path, config):
-    model = build_model(config)
-    model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True))
-    x, y = images(16), RNG.integers(0, 10, 16)
-    model.fit(x, y, epochs=1, verbose=0)                     # trained, not initial weights
-    expected = model(x, training=False).numpy()
-    path = vit_model.save_model(model, str(tmp_path / "model"))
-    assert os.path.exists(path)
-    loaded = vit_model.load_model(path)
-    assert isinstance(loaded, VisionTransformer)
-    assert loaded.get_config() == model.get_config()
-    np.testing.assert_allclose(loaded(x, training=False).numpy(), expected, atol=1e-6)
-    # and the portable way: config + weights file
-    model.save_weights(str(tmp_path / "w.weights.h5"))
-    rebuilt = build_model(config)
-    rebuilt.load_weights(str(tmp_path / "w.weights.h5"))
-    np.testing.assert_allclose(rebuilt(x, training=False).numpy(), expected, atol=1e-6)
+@pytest.mark.parametrize("policy", [precision.FLOAT32, precision.BFLOAT16])
+def test_saved_model_loads_back_with_the_same_outputs(tmp_path, config, policy):
+    """In the precision it was trained in; and its weights, float32 whatever the precision,
+    into a float32 model (a bfloat16 run evaluated or exported in float32)."""
+    with precision.policy(policy):
+        model = build_model(config)
+        model.compile(optimizer="adam", loss=keras.losses.SparseCategoricalCrossentropy(True))
+        x, y = images(16), RNG.integers(0, 10, 16)
+        model.fit(x, y, epochs=1, verbose=0)                 # trained, not initial weights
+        expected = model(x, training=False).numpy()
+        path = vit_model.save_model(model, str(tmp_path / "model"))
+        assert os.path.exists(path)
+        loaded = vit_model.load_model(path)
+        assert isinstance(loaded, VisionTransformer)
+        assert loaded.get_config() == model.get_config()
+        np.testing.assert_allclose(loaded(x, training=False).numpy(), expected, atol=1e-6)
+        # and the portable way: config + weights file
+        model.save_weights(str(tmp_path / "w.weights.h5"))
+        rebuilt = build_model(config)
+        rebuilt.load_weights(str(tmp_path / "w.weights.h5"))
+        np.testing.assert_allclose(rebuilt(x, training=False).numpy(), expected, atol=1e-6)
+    assert {w.dtype for w in model.get_weights()} == {np.dtype(np.float32)}
+    in_float32 = build_model(config)
+    in_float32.load_weights(str(tmp_path / "w.weights.h5"))
+    assert in_float32.patch_proj.compute_dtype == "float32"
+    np.testing.assert_allclose(in_float32(x, training=False).numpy(), expected,
+                               atol=1e-6 if policy == precision.FLOAT32 else 0.05)
 @pytest.mark.parametrize("p", [2, 4, 8, 16, 32])
 @pytest.mark.parametrize("dtype", [np.uint8, np.float32])
 def test_reshape_patch_path_equals_extract_patches(p, dtype):
@@ -233,15 +251,25 @@ def test_gelu_is_the_exact_erf_form():
                                rtol=1e-6, atol=1e-6)
 
 
-def test_gelu_gradient_is_the_exact_derivative():
-    x = np.linspace(-8, 8, 401)
+@pytest.mark.parametrize("dtype", [tf.float32, tf.bfloat16])
+def test_gelu_and_its_gradient_are_the_exact_formulas(dtype):
+    """Under mixed bfloat16 GELU computes in bfloat16, as Keras's activations do: it and its
+    gradient are then the exact formulas at the rounded inputs, to bfloat16's precision."""
+    x = tf.cast(tf.constant(np.linspace(-8, 8, 401)), dtype)
+    x64 = tf.cast(x, tf.float64).numpy()                     # the values the op was given
     erf = np.vectorize(__import__("math").erf)
-    expected = 0.5 * (1 + erf(x / np.sqrt(2))) + x * np.exp(-x * x / 2) / np.sqrt(2 * np.pi)
-    x32 = tf.constant(x, tf.float32)
+    cdf = 0.5 * (1 + erf(x64 / np.sqrt(2)))
     with tf.GradientTape() as tape:
-        tape.watch(x32)
-        y = vit_model.gelu(x32)
-    np.testing.assert_allclose(tape.gradient(y, x32).numpy(), expected, rtol=1e-5, atol=1e-6)
+        tape.watch(x)
+        y = vit_model.gelu(x)
+    grad = tape.gradient(y, x)
+    assert y.dtype == grad.dtype == dtype
+    tolerance = TOLERANCE[dtype]
+    np.testing.assert_allclose(tf.cast(y, tf.float64).numpy(), x64 * cdf, rtol=tolerance,
+                               atol=tolerance / 10)
+    np.testing.assert_allclose(tf.cast(grad, tf.float64).numpy(),
+                               cdf + x64 * np.exp(-x64 * x64 / 2) / np.sqrt(2 * np.pi),
+                               rtol=tolerance, atol=tolerance / 10)
 
 
 def plain_attention(q, k, v):
@@ -271,7 +299,42 @@ def test_attend_equals_numpy_and_its_gradient_equals_autodiff(shape):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+@pytest.mark.parametrize("shape", [(2, 8, 65, 8), (3, 6, 16, 32)])      # sample's, fast's
+def test_attend_in_bfloat16_has_float32_softmax_and_beats_bfloat16_autodiff(shape):
+    """Under mixed bfloat16 the attention core takes and returns bfloat16, and computes its
+    softmax and the softmax's backward in float32 (as Keras keeps the loss and LayerNorm
+    statistics). Against the float64 formula at the same rounded inputs, its outputs and
+    gradients are within bfloat16's precision, and no further off than autodiff of the plain
+    formula computed all in bfloat16 (errors relative to each tensor's largest entry)."""
+    b, h, t, dh = shape
+    q, k, v, upstream = (tf.cast(tf.constant(RNG.normal(size=s)), tf.bfloat16) for s in
+                         ((b, h, t, dh), (b, h, dh, t), (b, h, t, dh), (b, h, t, dh)))
+    q = q * tf.cast(1 / np.sqrt(dh), tf.bfloat16)                # scaled, as the layer does
+
+    def outputs_and_grads(fn, inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            out = fn(*inputs)
+        grads = tape.gradient(out, inputs, output_gradients=tf.cast(upstream, out.dtype))
+        return [tf.cast(a, tf.float64).numpy() for a in (out, *grads)], out.dtype, grads
+
+    ours, dtype, grads = outputs_and_grads(vit_model.attend, [q, k, v])
+    assert dtype == tf.bfloat16 and all(g.dtype == tf.bfloat16 for g in grads)
+    plain, _, _ = outputs_and_grads(plain_attention, [q, k, v])
+    exact, _, _ = outputs_and_grads(plain_attention, [tf.cast(a, tf.float64) for a in (q, k, v)])
+    for name, got, baseline, want in zip(("out", "dq", "dk", "dv"), ours, plain, exact):
+        error, scale = np.abs(got - want).max(), np.abs(want).max()
+        assert error <= 2e-2 * scale, name
+        assert error <= 1.25 * np.abs(baseline - want).max(), name
+
+    step = tf.function(lambda q, k, v: tf.gradients(vit_model.attend(q, k, v), [q, k, v],
+                                                    grad_ys=upstream))
+    ops = op_coverage.graph_op_dtypes(step.get_concrete_function(q, k, v).graph.as_graph_def())
+    assert ops["Softmax"] == {"T=float32"}
+    assert ops["BatchMatMulV2"] == {"T=bfloat16"}               # the products stay bfloat16
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_layer_norm_equals_keras_layer_normalization_with_gradients(policy):
     x = tf.constant(RNG.normal(3.0, 2.0, size=(4, 7, 16)), tf.float32)
     upstream = tf.constant(RNG.normal(size=(4, 7, 16)), tf.float32)
@@ -288,14 +351,18 @@ def test_layer_norm_equals_keras_layer_normalization_with_gradients(policy):
         grads = tape.gradient(out32, [x, *layer.trainable_weights], output_gradients=upstream)
         results.append((out, grads))
     (out, grads), (expected, expected_grads) = results
-    assert out.dtype == expected.dtype == (tf.float32 if policy == "float32" else tf.float16)
+    assert out.dtype == expected.dtype == {"float32": tf.float32, "mixed_float16": tf.float16,
+                                           "mixed_bfloat16": tf.bfloat16}[policy]
     x64 = x.numpy().astype(np.float64)
     x_hat = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-6)
-    tolerance = 1e-5 if policy == "float32" else 2e-3
+    tolerance = {"float32": 1e-5, "mixed_float16": 2e-3, "mixed_bfloat16": 3e-2}[policy]
+    out = tf.cast(out, tf.float32)
     np.testing.assert_allclose(out.numpy(), x_hat * weights[0] + weights[1],
                                rtol=tolerance, atol=tolerance)
     for got, want in zip(grads, expected_grads):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=tolerance, atol=tolerance)
+        np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(),
+                                   tf.cast(want, tf.float32).numpy(), rtol=tolerance,
+                                   atol=tolerance)
 
 
 def test_attention_layer_training_path_equals_the_attention_map_path():

@@ -1,0 +1,280 @@
+"""The number format a run computes in, and why: float32, mixed float16 or mixed bfloat16.
+
+`decide` turns --mixed-precision and the device into a `Precision` (a Keras policy and the
+reason, for the banner and results.json); `set_policy` makes it Keras's global policy.
+Under either mixed policy the weights, the optimizer's state, the logits, the loss,
+LayerNorm and the attention softmax stay float32 (vit_model.py), so checkpoints are float32
+whatever the precision, and a run may resume, evaluate or export in another one.
+
+--mixed-precision auto:
+  CUDA          bfloat16 from compute capability 8.0 (Ampere: bfloat16 tensor cores, and no
+                loss scaling), float16 on 7.x (tensor cores), float32 before.
+  DirectML      float32: the plugin registers no bfloat16 kernel for the model's ops
+                (tests/test_directml_ops.py), and this app uses no float16 there.
+  CPU           bfloat16 only where the CPU multiplies bfloat16 in hardware (AMX-BF16 or
+                AVX512-BF16 on x86, BF16 on Arm) and it is faster for this model, which
+                `block_speedup` measures (a few seconds): the gain depends on the model's
+                width (measured here: the fast preset, width 192, trains about 1.5x faster;
+                the sample, width 64, not at all; benchmarks/README.md). Where the CPU's
+                features cannot be read, float32. The same on both stacks: TF 2.10's
+                oneDNN (the DirectML stack without an adapter) gains as TF 2.21's does.
+--mixed-precision float16 / bfloat16 ask for a format; one the device cannot run is a
+UsageError naming what to use. `on` is float16, as before there were two formats.
+
+Imports TensorFlow only inside functions: cli checks the flags before TensorFlow starts.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import devices
+from config import TrainConfig, patch_grid_side
+from datasets import IMAGE_SIZE
+from errors import UsageError
+
+FLOAT32, FLOAT16, BFLOAT16 = "float32", "mixed_float16", "mixed_bfloat16"   # Keras policies
+NAMES = {FLOAT32: "float32", FLOAT16: "mixed float16", BFLOAT16: "mixed bfloat16"}
+SETTINGS = {"off": FLOAT32, "float16": FLOAT16, "on": FLOAT16, "bfloat16": BFLOAT16}
+# auto on a CPU: bfloat16 when its blocks trained at least this much faster. A margin over
+# 1.0: a whole step gains less than its blocks (the optimizer and the input pipeline cost
+# the same in both formats), and timings on a busy machine move by 10-20%.
+MIN_SPEEDUP = 1.2
+PROBE_ROUNDS, PROBE_MAX_ROUNDS, PROBE_SECONDS = 3, 9, 2.0   # rounds, and more within 2 s
+# /proc/cpuinfo flags of bfloat16 arithmetic: x86 ("flags") and Arm ("Features") names.
+CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "bf16": "BF16"}
+DIRECTML_BFLOAT16 = ("tensorflow-directml-plugin has no bfloat16 kernels for the model's ops "
+                     "(MatMul, BatchMatMulV2, Erf, ...)")
+
+
+@dataclass(frozen=True)
+class Precision:
+    policy: str                        # a Keras policy: FLOAT32, FLOAT16 or BFLOAT16
+    reason: str                        # why: "AMX-BF16; a block's ... 1.38x ..., measured"
+    speedup: Optional[float] = None    # bfloat16 / float32 speed of a block, when measured
+
+    def describe(self) -> str:
+        """For the banner: "mixed bfloat16 (AMX-BF16: ...)"."""
+        return f"{NAMES[self.policy]} ({self.reason})"
+
+    def record(self) -> dict:
+        """For results.json."""
+        return {"policy": self.policy, "reason": self.reason, "bfloat16_speedup": self.speedup}
+
+
+def decide(setting: str, device: devices.Device, config: TrainConfig,
+           workers: int = 1) -> Precision:
+    """The precision --mixed-precision `setting` gives on `device` for this model; UsageError
+    for a format the device (or this Keras) cannot run. `workers`: machines training
+    together, which must not each measure on their own."""
+    if setting == "off":
+        return Precision(FLOAT32, "--mixed-precision off")
+    if setting == "auto":
+        return _automatic(device, config, workers)
+    asked = SETTINGS[setting]
+    check(asked, device)
+    return Precision(asked, f"--mixed-precision {setting}")
+
+
+def set_policy(setting: str, device: devices.Device, config: TrainConfig,
+               workers: int = 1) -> Precision:
+    """Decides (`decide`) and makes the result Keras's global policy; call before the model
+    is built, and before seeding (a measurement draws random numbers). Returns it."""
+    import tensorflow as tf
+    chosen = decide(setting, device, config, workers)
+    tf.keras.mixed_precision.set_global_policy(chosen.policy)
+    return chosen
+
+
+@contextlib.contextmanager
+def policy(name: str):
+    """Keras's global policy set to `name` within the block, the previous one after it."""
+    import tensorflow as tf
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
+
+
+def check(name: str, device: devices.Device) -> None:
+    """UsageError, naming what to use instead, when `device` cannot run the policy `name`."""
+    if name == FLOAT32:
+        return
+    flag = f"--mixed-precision {'float16' if name == FLOAT16 else 'bfloat16'}"
+    if device.kind == "DirectML":
+        why = DIRECTML_BFLOAT16 if name == BFLOAT16 else "this app trains DirectML in float32"
+        raise UsageError(f"{flag} is not possible on DirectML ({why}); use --mixed-precision "
+                         "auto (float32 there)")
+    if name == FLOAT16:
+        return                           # CUDA runs it (tensor cores from 7.0); CPUs emulate
+    if device.kind == "CUDA" and _capability(device) < (8, 0):
+        raise UsageError(f"{flag} needs a CUDA GPU of compute capability 8.0 or more (this "
+                         f"{device.name}: {_shown(device)}); use --mixed-precision float16")
+    if device.kind == "CPU" and cpu_bf16_features() == ():
+        raise UsageError(f"{flag}: this CPU has no bfloat16 arithmetic (none of "
+                         f"{', '.join(CPU_FLAGS.values())}), so it would be emulated, slower "
+                         "than float32; use --mixed-precision off")
+    if not keras_has_policy(BFLOAT16):
+        raise UsageError(f"{flag}: Keras {_keras_version()} has no {BFLOAT16} policy; "
+                         "use --mixed-precision off")
+
+
+def _automatic(device: devices.Device, config: TrainConfig, workers: int) -> Precision:
+    if device.kind == "DirectML":
+        return Precision(FLOAT32, "DirectML: no mixed precision")
+    if device.kind == "CUDA":
+        capability = _capability(device)
+        if capability >= (8, 0):
+            return Precision(BFLOAT16, f"CUDA compute capability {_shown(device)}: bfloat16 "
+                                       "tensor cores")
+        if capability >= (7, 0):
+            return Precision(FLOAT16, f"CUDA compute capability {_shown(device)}: float16 "
+                                      "tensor cores")
+        return Precision(FLOAT32, f"CUDA compute capability {_shown(device)}: no tensor cores")
+    features = cpu_bf16_features()
+    if features is None:
+        return Precision(FLOAT32, "cannot tell whether this CPU has bfloat16 arithmetic")
+    if not features:
+        return Precision(FLOAT32, "this CPU has no bfloat16 arithmetic")
+    if workers > 1:
+        return Precision(FLOAT32, f"{workers} workers: auto measures one machine; give "
+                                  "--mixed-precision bfloat16 to use it")
+    if not keras_has_policy(BFLOAT16):
+        return Precision(FLOAT32, f"Keras {_keras_version()} has no {BFLOAT16}")
+    speedup = block_speedup(*probe_shape(config))
+    what = f"{features[0]}; a block's training step {speedup:.2f}x float32's speed, measured"
+    return Precision(BFLOAT16 if speedup >= MIN_SPEEDUP else FLOAT32, what, round(speedup, 2))
+
+
+def _capability(device: devices.Device) -> tuple:
+    return tuple(device.compute_capability or (0, 0))
+
+
+def _shown(device: devices.Device) -> str:
+    return ".".join(map(str, device.compute_capability)) if device.compute_capability \
+        else "unknown"
+
+
+def _keras_version() -> str:
+    from keras_compat import keras_version            # imports TensorFlow
+    return keras_version()
+
+
+def keras_has_policy(name: str) -> bool:
+    import tensorflow as tf
+    try:
+        tf.keras.mixed_precision.Policy(name)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+# --- what the CPU can do -------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=None)
+def cpu_bf16_features() -> Optional[Tuple[str, ...]]:
+    """The CPU's bfloat16 arithmetic, e.g. ("AMX-BF16", "AVX512-BF16"); () for none; None
+    when it cannot be told. Linux and WSL: the kernel's /proc/cpuinfo flags. Elsewhere
+    (Windows, macOS): numpy's own CPUID reading, which names AVX512-BF16 (numpy 2) but not
+    AMX (every CPU with AMX-BF16 also has AVX512-BF16)."""
+    flags = proc_cpuinfo_flags()
+    if flags is not None:
+        return tuple(name for flag, name in CPU_FLAGS.items() if flag in flags)
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return None
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as numpy_features
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__ as numpy_features
+        except ImportError:
+            return None
+    if "AVX512BF16" not in numpy_features:         # numpy 1.x does not look for it
+        return None
+    return ("AVX512-BF16",) if numpy_features["AVX512BF16"] else ()
+
+
+def proc_cpuinfo_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset]:
+    """The feature flags the first processor in /proc/cpuinfo lists (x86 "flags", Arm
+    "Features"); None without that file."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    return frozenset(value.split())
+    except OSError:
+        return None
+    return frozenset()
+
+
+# --- is bfloat16 faster for this model: a measurement ----------------------------------------
+
+def probe_shape(config: TrainConfig) -> tuple:
+    """What decides a block's speed: (batch, tokens, width, heads, MLP width, dropout,
+    attention dropout, drop path)."""
+    tokens = patch_grid_side(IMAGE_SIZE, config.patch_size, config.patch_stride) ** 2 + \
+        (config.pooling == "class_token")
+    return (config.batch_size, tokens, config.embedding_dim, config.num_heads,
+            config.mlp_hidden_dim, config.dropout, config.attention_dropout, config.drop_path)
+
+
+@functools.lru_cache(maxsize=None)
+def block_speedup(batch: int, tokens: int, width: int, heads: int, mlp: int, dropout: float,
+                  attention_dropout: float, drop_path: float) -> float:
+    """How many times as fast one vit_model.TransformerBlock of this shape trains in mixed
+    bfloat16 as in float32: its forward pass and the gradients of its input and weights, the
+    model's own code, on a (batch, tokens, width) input, in training mode. Interleaved
+    rounds (one float32 call, one bfloat16 call, in alternating order), PROBE_ROUNDS and more
+    while within PROBE_SECONDS; the median of the rounds' ratios, so that a load that comes
+    and goes cancels out. Once per shape and process (banner, training, results.json)."""
+    arguments = (batch, tokens, width, heads, mlp, dropout, attention_dropout, drop_path)
+    steps = {name: _block_step(name, *arguments) for name in (FLOAT32, BFLOAT16)}
+    for step in steps.values():
+        _seconds(step)                                   # traces it and warms the caches
+    ratios, started = [], time.perf_counter()
+    while len(ratios) < PROBE_ROUNDS or (len(ratios) < PROBE_MAX_ROUNDS and
+                                         time.perf_counter() - started < PROBE_SECONDS):
+        order = (FLOAT32, BFLOAT16) if len(ratios) % 2 == 0 else (BFLOAT16, FLOAT32)
+        seconds = {name: _seconds(steps[name]) for name in order}
+        ratios.append(seconds[FLOAT32] / seconds[BFLOAT16])
+    return statistics.median(ratios)
+
+
+def _block_step(name: str, batch, tokens, width, heads, mlp, dropout, attention_dropout,
+                drop_path):
+    """A tf.function: one training-mode forward and backward pass of a fresh block built
+    under the policy `name`, on a fixed input (drawn without the global seed)."""
+    import tensorflow as tf
+    from vit_model import TransformerBlock
+    with policy(name):
+        block = TransformerBlock(width, heads, mlp, dropout, drop_path=drop_path,
+                                 attention_dropout=attention_dropout, name="precision_probe")
+        x = tf.cast(tf.random.stateless_normal((batch, tokens, width), seed=[0, 0]),
+                    block.compute_dtype)
+        block(x)                                                     # builds the weights
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = tf.reduce_sum(tf.cast(block(x, training=True), tf.float32))
+        return tf.add_n([tf.reduce_sum(tf.cast(g, tf.float32))
+                         for g in tape.gradient(out, [x, *block.trainable_weights])])
+    return step
+
+
+def _seconds(step) -> float:
+    started = time.perf_counter()
+    step().numpy()
+    return time.perf_counter() - started
