@@ -12,7 +12,8 @@ validation fraction that is 51,000 training, 9,000 validation and 10,000 test im
     python -m benchmarks.time_to_accuracy --preset sample --seeds 1 -- --time-budget 15
     python -m benchmarks.time_to_accuracy --data-dir cifar-10-python.tar.gz --preset fast
 
-Flags after `--` go to train_cifar10.py. It is a proxy for CIFAR, not CIFAR: clothes on a
+Flags after `--` go to train_cifar10.py (--mixed-precision among them; each run's
+precision and its reason are printed from its results.json). It is a proxy for CIFAR, not CIFAR: clothes on a
 black ground are far easier than photos, so its accuracies are no CIFAR figures.
 """
 from __future__ import annotations
@@ -100,6 +101,8 @@ def main(argv=None) -> int:
           f"{summary([r['test_top1'] for r in runs], '%', 100)}, training "
           f"{summary([r['train_seconds'] for r in runs], ' s', digits=0)}, images seen "
           f"{summary([r['images_seen'] for r in runs], digits=0)}")
+    for seed, r in enumerate(runs):          # train_cifar10.py's --mixed-precision decision
+        print(f"seed {seed} precision: {r['precision']['policy']} ({r['precision']['reason']})")
     return 0
 
 
