@@ -14,7 +14,7 @@ import devices
 import distribution
 import precision
 import resume
-from config import RunOptions, TrainConfig
+from config import RunOptions, TrainConfig, flag_name
 from errors import entry_point
 from flags import build_train_parser, configs_from_args, given_settings
 
@@ -77,6 +77,10 @@ def banner(config: TrainConfig, options: RunOptions, device: devices.Device,
     xla = "on" if devices.use_xla(options.xla, device) else "off"
     budget = (f" | time budget {config.time_budget:g} min (epochs set by timing the first "
               "steps)" if config.time_budget else "")
+    if config.regularisation == "auto" and not config.regularisation_epochs:
+        given = " ".join(flag_name(name) for name in config.regularisation_given)
+        budget += (" | regularisation auto: set by the epochs trained"
+                   + (f" (given, so kept: {given})" if given else ""))
     plan = plan or distribution.single_device()
     chosen = precision.decide(options.mixed_precision, device, config, plan.workers)
     return (f"ViT on {config.display_name} | TensorFlow {v['tensorflow_version']}, Keras "

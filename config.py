@@ -84,6 +84,7 @@ CIFAR-10 / 73.81% CIFAR-100 top-1 after 100 epochs with repeated augmentation x3
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -111,6 +112,10 @@ POOLINGS = ("class_token", "mean")
 OPTIMIZERS = ("adam", "adamw")
 LR_SCHEDULES = ("plateau", "cosine")
 CONFIG_FORMAT = 2        # config.json's "format": the layout to_json writes
+REGULARISATIONS = ("auto", "off")     # TrainConfig.regularisation
+# The settings regularisation "auto" sets (regularisation_rule), by their leaf names.
+RULE_SETTINGS = ("crop_padding", "randaugment_n", "randaugment_magnitude", "mixup_alpha",
+                 "cutmix_alpha", "erasing_prob", "drop_path", "label_smoothing")
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 PRECISION_CHOICES = ("auto", "off", "float16", "bfloat16", "on")    # precision.py decides
 
@@ -127,8 +132,10 @@ def flag_name(name: str) -> str:
 
 
 def _flag(help_text: str, **metadata) -> dict:
-    """Field metadata: the flag's help, and optionally cli=False (not a flag), choices, and
-    resumable=True (an experiment field that may change when a run is resumed)."""
+    """Field metadata: the flag's help, and optionally cli=False (not a flag), choices,
+    resumable=True (an experiment field that may change when a run is resumed) and
+    optional=True (a config.json that lacks it gets its default, which is what such runs
+    did)."""
     return {"help": help_text, **metadata}
 
 
@@ -265,8 +272,20 @@ class TrainConfig:
         "--epochs; --epochs is then not used"))
     seed: int = field(default=42, metadata=_flag(
         "seed for the split, initial weights, shuffling and augmentation"))
+    regularisation: str = field(default="off", metadata=_flag(
+        "auto: crop padding, RandAugment, mixup, cutmix, random erasing, drop path and label "
+        "smoothing follow the epochs the run trains (--epochs, or what --time-budget plans) "
+        "and the training-set size, by the rule in config.py (regularisation_rule), chosen "
+        "once when the run starts and kept when it is resumed; any of those flags given "
+        "explicitly wins; off: the preset's values", choices=REGULARISATIONS, optional=True))
     augmentation: Augmentation = field(default_factory=Augmentation, metadata=_flag(
         "the training augmentation", nested=True))
+    # Set when a run starts (flags.configs_from_args, regularised): the rule's settings given
+    # as flags, which it leaves as given; the epochs it chose for (0: not chosen yet).
+    regularisation_given: Tuple[str, ...] = field(default=(), metadata=_flag(
+        "the rule's settings given as flags", cli=False, resumable=True, optional=True))
+    regularisation_epochs: int = field(default=0, metadata=_flag(
+        "the epochs the rule chose for", cli=False, resumable=True, optional=True))
 
     # Derived facts, in one place so that model, data and checks agree.
     @property
@@ -342,6 +361,14 @@ class TrainConfig:
                              f"--num-heads {self.num_heads}; pick heads that divide it")
         if not 0 <= self.seed < 2 ** 32:       # numpy's seed range
             raise UsageError(f"--seed must be 0 to {2 ** 32 - 1}, got {self.seed}")
+        if self.regularisation not in REGULARISATIONS:
+            raise UsageError(f"--regularisation must be one of {', '.join(REGULARISATIONS)}, "
+                             f"got {self.regularisation}")
+        unknown = set(self.regularisation_given) - set(RULE_SETTINGS)
+        if unknown or self.regularisation_epochs < 0:
+            raise UsageError(f"regularisation_given {' '.join(sorted(unknown))} or "
+                             f"regularisation_epochs {self.regularisation_epochs} is not a "
+                             "setting of the rule")
         return self
 
 
@@ -485,7 +512,8 @@ def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, Ru
     leaf = {f.name for f in leaf_fields()}
     unknown = sorted((set(values) - {"format", "experiment", "run"}) |
                      (set(experiment) - leaf) | (set(run) - run_names))
-    missing = sorted(leaf - set(experiment))
+    optional = {f.name for f in leaf_fields() if f.metadata.get("optional")}
+    missing = sorted(leaf - optional - set(experiment))
     if unknown or missing:
         said = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + \
                ([f"missing keys {', '.join(missing)}"] if missing else [])
@@ -499,6 +527,94 @@ def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, Ru
                 RunOptions(**tuples(run)).validate())
     except TypeError as error:
         raise UsageError(f"{where} is damaged ({error})") from None
+
+# --- regularisation "auto": the rule -----------------------------------------------------------
+# The longer a ViT trains on little data, the more augmentation and regularisation pay; at a
+# few epochs they cost more than they bring (Steiner et al. 2021, "How to train your ViT?",
+# the AugReg study: light AugReg wins on short schedules, heavier on long ones; Lee et al.
+# 2021 and Hassani et al. 2021 train 100-300 epochs of CIFAR with the full recipe below).
+RULE_EPOCHS = (8, 80)          # strength 0 at or below the first, 1 from the second on
+RULE_IMAGES_SEEN = (10_000, 100_000)   # the same for epochs x training images
+
+
+def _log_ramp(value: float, low: float, high: float) -> float:
+    """0 at or below `low`, 1 at or above `high`, linear in log(value) between."""
+    if value <= low:
+        return 0.0
+    return min(1.0, math.log(value / low) / math.log(high / low))
+
+
+def regularisation_strength(epochs: int, train_images: int) -> float:
+    """0 to 1, non-decreasing in epochs: the lesser of a ramp in epochs (how often each
+    image is seen: what lets a model memorise it) and a ramp in images seen (whether the
+    run fits its data at all: a small set's epoch is a few steps, and an underfit model
+    only loses by regularisation). On the Fashion-MNIST proxy (issue 20) the unregularised
+    fast model overfit 850 images in 100 epochs (85,000 seen: 99.9% train top-1) and 4,250
+    from about epoch 16 (68,000 seen), and did not overfit 51,000 images at its 5-8 epochs;
+    it underfit 255 images in 40 epochs (10,200 seen: 55% train top-1, this module's
+    budget sweep). The published recipes' 100-300 CIFAR epochs are strength 1."""
+    return min(_log_ramp(epochs, *RULE_EPOCHS),
+               _log_ramp(epochs * train_images, *RULE_IMAGES_SEEN))
+
+
+def regularisation_rule(epochs: int, train_images: int, patch_size: int) -> Dict[str, object]:
+    """{setting: value} for each of RULE_SETTINGS, for a run of `epochs` epochs over
+    `train_images` images with patch_size-pixel patches. Strength s (regularisation_strength)
+    is non-decreasing in epochs, and so is every value below. At s = 0 (fast's 5-8 epochs of
+    a full training set) it is fast's own: flips only (not set here) and label smoothing 0.1.
+
+    step                               value                  source
+    label smoothing, always            0.1                    all three papers use 0.1
+    mixup / cutmix alpha, from s > 0   0.8 s / 1.0 s          Hassani et al. (0.8 / 1.0);
+        the one regulariser that paid on the proxy: +4.0 points (79.0% vs 75.0% test top-1,
+        850 images x 100 epochs, issue 20); alpha scaled by s: Beta(a, a) with small a
+        mixes little
+    the rest only with patches of 4x4 pixels or less (the published CIFAR recipes' size);
+    with 8x8 patches the proxy measured random crops costing 5.8 points (850 x 100) and
+    8.7 (4,250 x 30, with drop path 0.1), and drop path no gain (74.8% vs 75.0%):
+    crop padding, from s >= 0.5        4 pixels               all three (CIFAR's standard)
+    RandAugment, from s >= 0.5         2 ops, magnitude 9 s   Hassani, AugReg (2 / 9-10);
+                                                                Lee use AutoAugment
+    random erasing, from s >= 0.75     0.25                   Lee, Hassani
+    drop path, at s = 1                0.1                    Lee, Hassani
+    RandAugment's geometric operations shift the image as crops do, so they share crops'
+    condition."""
+    s = regularisation_strength(epochs, train_images)
+    small_patches = patch_size <= 4
+    return {
+        "crop_padding": 4 if small_patches and s >= 0.5 else 0,
+        "randaugment_n": 2 if small_patches and s >= 0.5 else 0,
+        "randaugment_magnitude": round(9.0 * s, 1) if small_patches and s >= 0.5 else 0.0,
+        "mixup_alpha": round(0.8 * s, 2),
+        "cutmix_alpha": round(1.0 * s, 2),
+        "erasing_prob": 0.25 if small_patches and s >= 0.75 else 0.0,
+        "drop_path": 0.1 if small_patches and s >= 1.0 else 0.0,
+        "label_smoothing": 0.1,
+    }
+
+
+def regularised(config: TrainConfig, epochs: int, train_images: int) -> TrainConfig:
+    """`config` with the rule's settings for `epochs` epochs of `train_images` images, those
+    given as flags (regularisation_given) left as they are; `config` itself when
+    regularisation is off or the rule has already chosen (a resumed run keeps its choice,
+    even when epochs are added)."""
+    if config.regularisation != "auto" or config.regularisation_epochs:
+        return config
+    chosen = {name: value for name, value in
+              regularisation_rule(epochs, train_images, config.patch_size).items()
+              if name not in config.regularisation_given}
+    return override(config, regularisation_epochs=epochs, **chosen).validate()
+
+
+def describe_regularisation(config: TrainConfig) -> str:
+    """One line: what regularisation "auto" chose, and which flags won over it."""
+    values = flat(config)
+    chosen = ", ".join(f"{flag_name(name)[2:]} {values[name]:g}" for name in RULE_SETTINGS)
+    given = (f"; given as flags, so kept: "
+             f"{' '.join(flag_name(n) for n in config.regularisation_given)}"
+             if config.regularisation_given else "")
+    return (f"Regularisation auto, for {config.regularisation_epochs} epochs: {chosen}"
+            f"{given}")
 
 
 def _preset(**values) -> TrainConfig:
@@ -519,7 +635,8 @@ PRESETS = {
         mlp_hidden_dim=384, head_units=(), dropout=0.0, pooling="mean",
         optimizer="adamw", learning_rate=2e-3, weight_decay=0.05, lr_schedule="cosine",
         warmup_epochs=0.3, min_learning_rate=1e-5, epochs=5, batch_size=128,
-        label_smoothing=0.1, time_budget=3.0, crop_padding=0, randaugment_n=0),
+        label_smoothing=0.1, time_budget=3.0, crop_padding=0, randaugment_n=0,
+        regularisation="auto"),
     # ViT-Lite-7/4 of Hassani et al. 2021 (see the module docstring, "vit_lite").
     "vit_lite": _preset(
         patch_size=4, patch_stride=4, num_layers=7, embedding_dim=256, num_heads=4,

@@ -11,8 +11,8 @@ import re
 import typing
 from typing import Dict, List, Optional, Tuple
 
-from config import (PRESETS, Augmentation, RunOptions, TrainConfig, flag_name, flat,
-                    leaf_fields, override)
+from config import (PRESETS, RULE_SETTINGS, Augmentation, RunOptions, TrainConfig,
+                    flag_name, flat, leaf_fields, override)
 from datasets import DATASETS
 from errors import UsageError
 
@@ -157,5 +157,8 @@ def configs_from_args(dataset: str, args: argparse.Namespace
                       ) -> Tuple[TrainConfig, RunOptions]:
     """The validated experiment and run options of flags parsed by a parser from
     build_train_parser (other attributes of `args` are ignored)."""
-    preset = dataclasses.replace(PRESETS[getattr(args, "preset", "sample")], dataset=dataset)
-    return apply_settings(preset, RunOptions(), given_settings(args))
+    given = given_settings(args)
+    preset = dataclasses.replace(PRESETS[getattr(args, "preset", "sample")], dataset=dataset,
+                                 regularisation_given=tuple(n for n in RULE_SETTINGS
+                                                            if n in given))
+    return apply_settings(preset, RunOptions(), given)

@@ -19,8 +19,8 @@ from typing import Dict, Optional, Tuple
 import checkpoint
 import run_dir
 from checkpoint import RunState
-from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, \
-    listed_differences, override, to_json
+from config import PRESETS, RULE_SETTINGS, RunOptions, TrainConfig, \
+    differences_that_block_resume, flat, listed_differences, override, to_json
 from errors import UsageError
 from flags import split_settings
 from run_dir import CHECKPOINT, CONFIG, read_config
@@ -43,7 +43,7 @@ def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, ob
     experiment, run = split_settings(given)
     wanted = override(saved, **experiment)
     reference = wanted if preset is None else override(
-        dataclasses.replace(PRESETS[preset], dataset=dataset), **experiment)
+        dataclasses.replace(PRESETS[preset], dataset=dataset), **{**chosen(saved), **experiment})
     check_resumable(saved, reference, output_dir)
     if "data_dir" not in run and saved_options.data_dir and \
             not os.path.exists(saved_options.data_dir):
@@ -52,6 +52,15 @@ def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, ob
                          "with the folder or archive that holds them now")
     return (wanted.validate(),
             dataclasses.replace(saved_options, **{**run, "output_dir": output_dir}).validate())
+
+
+def chosen(saved: TrainConfig) -> Dict[str, object]:
+    """{setting: value} that regularisation "auto" chose for the run (none before it has
+    chosen): part of the run, not of the preset it was started from."""
+    if saved.regularisation != "auto" or not saved.regularisation_epochs:
+        return {}
+    values = flat(saved)
+    return {name: values[name] for name in (*RULE_SETTINGS, "regularisation_epochs")}
 
 
 def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool

@@ -29,7 +29,8 @@ import resume
 import run_dir
 import visualize
 from checkpoint import RunState
-from config import RunOptions, TrainConfig, flat, from_json, listed_differences, to_json
+from config import (RULE_SETTINGS, RunOptions, TrainConfig, describe_regularisation, flat,
+                    from_json, listed_differences, regularised, to_json)
 from errors import RunStopped, UsageError, first_line
 from vit_model import build_model
 
@@ -106,34 +107,52 @@ def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
           device: devices.Device, restart: bool, cluster: "distribution.Plan") -> dict:
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     output_dir = options.output_dir
+    (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
+        data.x_train, data.y_train, config.validation_fraction, config.seed)
+    if not config.time_budget:     # --epochs known: regularisation "auto" chooses now
+        config = regularised(config, config.epochs, len(x_train))
     precision.set_policy(options.mixed_precision, device, config, cluster.workers)  # unseeded
     saved_config = share_start(cluster, config, resume.prepare_for_training(
         config, options, restart), output_dir)
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.LABELS), data.label_names)
 
     keras.utils.set_random_seed(config.seed)
-    (x_train, y_train), (x_val, y_val) = cifar_data.split_validation(
-        data.x_train, data.y_train, config.validation_fraction, config.seed)
     steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
-    one_hot = input_pipeline.label_classes(config)
-    augment = input_pipeline.make_augment(config.augmentation, one_hot)
-    val = input_pipeline.eval_dataset(x_val, y_val, config.batch_size, one_hot)
-    with cluster.strategy.scope():         # model, optimizer and metrics on every replica
-        model = build_model(config)
-        schedule = compile_model(model, config,
-                                 jit_compile=devices.use_xla(options.xla, device),
-                                 steps_per_execution=options.steps_per_execution,
-                                 steps_per_epoch=steps)
-        state = RunState(learning_rate=config.learning_rate)
-        if saved_config is not None:
+
+    def build(config):       # model, optimizer and metrics on every replica
+        one_hot = input_pipeline.label_classes(config)
+        with cluster.strategy.scope():
+            model = build_model(config)
+            schedule = compile_model(model, config,
+                                     jit_compile=devices.use_xla(options.xla, device),
+                                     steps_per_execution=options.steps_per_execution,
+                                     steps_per_epoch=steps)
+        return (model, schedule, input_pipeline.make_augment(config.augmentation, one_hot),
+                input_pipeline.eval_dataset(x_val, y_val, config.batch_size, one_hot))
+
+    model, schedule, augment, val = build(config)
+    state = RunState(learning_rate=config.learning_rate)
+    if saved_config is not None:
+        with cluster.strategy.scope():
             state = resume.restore(model, config, options, saved_config)
-        else:
-            print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
-                  f"{len(data.x_test):,} test images; run directory {output_dir}")
-            if config.time_budget:
+    else:
+        print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
+              f"{len(data.x_test):,} test images; run directory {output_dir}")
+        if config.time_budget:
+            with cluster.strategy.scope():
                 state.plan = fit_loop.calibrate(model, config, options, (x_train, y_train),
                                                 augment, val, len(x_val))
-                state.train_seconds += state.plan.calibration_seconds
+            state.train_seconds += state.plan.calibration_seconds
+            # the planned epochs known: regularisation "auto" chooses now (timed without
+            # it; with 8x8 patches it adds only mixing, which costs little)
+            chosen = regularised(config, state.plan.epochs, len(x_train))
+            if chosen != config:
+                config = chosen
+                model, schedule, augment, val = build(config)
+                run_dir.atomic_write_json(os.path.join(output_dir, run_dir.CONFIG),
+                                          to_json(config, options))
+    if config.regularisation == "auto":
+        print(describe_regularisation(config))
     if state.plan is not None:               # the budget sets the epochs, resumed too
         config = replace(config, epochs=state.plan.epochs)
     if state.schedule_steps is None:         # fixed at the start: resumed and extended runs
@@ -323,6 +342,16 @@ def diverged(config: TrainConfig, state: RunState, epoch: int, step: int) -> Run
                       f"e.g. {lower:g}): rerunning with it resumes from the last saved epoch")
 
 
+def regularisation_record(config: TrainConfig) -> Optional[dict]:
+    """results.json "regularisation": what regularisation "auto" chose (None when off)."""
+    if config.regularisation != "auto":
+        return None
+    values = flat(config)
+    return {"epochs": config.regularisation_epochs,
+            "given_as_flags": list(config.regularisation_given),
+            "settings": {name: values[name] for name in RULE_SETTINGS}}
+
+
 def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData, model,
            state: RunState, device: devices.Device, train_images: int,
            cluster: "distribution.Plan | None" = None) -> dict:
@@ -349,6 +378,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
                             state.epochs_done * train_images) if state.plan
                         else state.epochs_done * train_images),
         "time_budget_plan": dataclasses.asdict(state.plan) if state.plan else None,
+        "regularisation": regularisation_record(config),
         "distribution": cluster.record(config.batch_size),
         "device": device.kind,
         "device_name": device.name,

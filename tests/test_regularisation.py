@@ -1,0 +1,135 @@
+"""regularisation "auto": the rule in config.py, flags that win over it, where training applies
+it, and a resumed run keeping what it chose."""
+import dataclasses
+import json
+import os
+
+import pytest
+
+import flags
+import resume
+from config import (PRESETS, RULE_SETTINGS, RunOptions, flat, override, regularisation_rule,
+                    regularisation_strength, regularised, to_json)
+from errors import UsageError
+from helpers import run_app
+from tests import archives
+
+FAST = dataclasses.replace(PRESETS["fast"], dataset="cifar10")
+
+
+def test_the_rule_for_a_few_epoch_counts_and_set_sizes():
+    # fast's 3 minutes on a CPU: 5-8 epochs of the full proxy or of CIFAR, nothing added
+    for epochs in (5, 8):
+        for images in (42_500, 51_000):
+            assert regularisation_rule(epochs, images, 8) == {
+                **{name: 0 for name in RULE_SETTINGS}, "label_smoothing": 0.1}
+    # the issue's 850 images x 100 epochs: mixing nearly at the published strength, and
+    # with 8x8 patches no crops, RandAugment, erasing or drop path (the proxy measured them)
+    assert regularisation_rule(100, 850, 8) == {
+        "crop_padding": 0, "randaugment_n": 0, "randaugment_magnitude": 0.0,
+        "mixup_alpha": 0.74, "cutmix_alpha": 0.93, "erasing_prob": 0.0, "drop_path": 0.0,
+        "label_smoothing": 0.1}
+    # a long CIFAR run with 4x4 patches: the whole published recipe
+    assert regularisation_rule(200, 42_500, 4) == {
+        "crop_padding": 4, "randaugment_n": 2, "randaugment_magnitude": 9.0,
+        "mixup_alpha": 0.8, "cutmix_alpha": 1.0, "erasing_prob": 0.25, "drop_path": 0.1,
+        "label_smoothing": 0.1}
+    # half way (30 epochs of CIFAR, a GPU's few minutes): mixing, crops and RandAugment only
+    half = regularisation_rule(30, 42_500, 4)
+    assert half["crop_padding"] == 4 and half["randaugment_n"] == 2
+    assert 0 < half["mixup_alpha"] < 0.8 and half["erasing_prob"] == half["drop_path"] == 0
+    # a set so small that 40 epochs do not fit it: an underfit model gets nothing
+    assert regularisation_strength(40, 255) < 0.02
+
+
+@pytest.mark.parametrize("images", [200, 850, 4_250, 42_500, 51_000])
+@pytest.mark.parametrize("patch", [2, 4, 8])
+def test_no_setting_weakens_as_the_epochs_grow(images, patch):
+    previous = regularisation_rule(1, images, patch)
+    for epochs in range(2, 400):
+        rule = regularisation_rule(epochs, images, patch)
+        assert all(rule[name] >= previous[name] for name in RULE_SETTINGS), (epochs, rule)
+        previous = rule
+    assert regularisation_strength(399, images) >= regularisation_strength(1, images)
+
+
+def test_fast_uses_the_rule_sample_never_and_off_changes_nothing():
+    assert FAST.regularisation == "auto"
+    assert PRESETS["sample"].regularisation == "off"
+    assert regularised(PRESETS["sample"], 300, 42_500) is PRESETS["sample"]
+    off = override(FAST, regularisation="off")
+    assert regularised(off, 300, 42_500) is off
+    chosen = regularised(FAST, 300, 42_500)
+    assert chosen.regularisation_epochs == 300
+    assert chosen.augmentation.mixup_alpha == 0.8 and chosen.augmentation.crop_padding == 0
+    # the rule has chosen: more epochs later change nothing
+    assert regularised(override(chosen, epochs=900), 900, 42_500) == override(chosen,
+                                                                               epochs=900)
+
+
+def test_a_flag_given_explicitly_wins_over_the_rule():
+    config, _, _ = flags.parse_train_flags("cifar10", [
+        "--preset", "fast", "--mixup-alpha", "0.2", "--drop-path", "0"])
+    assert config.regularisation_given == ("mixup_alpha", "drop_path")
+    chosen = regularised(config, 300, 42_500)
+    assert chosen.augmentation.mixup_alpha == 0.2          # given
+    assert chosen.augmentation.cutmix_alpha == 1.0         # the rule's
+    # a flag equal to the preset's value is given all the same
+    config, _, _ = flags.parse_train_flags("cifar10", ["--preset", "fast",
+                                                       "--cutmix-alpha", "0"])
+    assert regularised(config, 300, 42_500).augmentation.cutmix_alpha == 0
+
+
+def test_out_of_range_values_are_one_error_line():
+    for argv, message in ((["--regularisation", "more"], "--regularisation: invalid choice"),
+                          (["--mixup-alpha", "-1"], "--mixup-alpha must be 0"),
+                          (["--label-smoothing", "1.5"], "--label-smoothing must be in")):
+        with pytest.raises(UsageError, match=message):
+            flags.parse_train_flags("cifar10", ["--preset", "fast", *argv])
+
+
+def test_a_resumed_run_keeps_what_the_rule_chose_when_epochs_are_added(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    chosen = regularised(override(FAST, epochs=60, time_budget=0.0), 60, 850)
+    options = RunOptions(output_dir=str(folder), tensorboard=False)
+    (folder / "config.json").write_text(json.dumps(to_json(chosen, options)))
+    for preset in (None, "fast"):        # the command that started it resumes it too
+        resumed, _ = resume.resume_settings("cifar10", str(folder),
+                                            {"epochs": 300, "time_budget": 0.0}, preset)
+        assert resumed == override(chosen, epochs=300)
+        assert regularised(resumed, 300, 850) == resumed
+    assert regularisation_rule(300, 850, 8) != {n: flat(chosen)[n] for n in RULE_SETTINGS}
+    with pytest.raises(UsageError, match="--mixup-alpha 0.57, not 0.1"):
+        resume.resume_settings("cifar10", str(folder), {"mixup_alpha": 0.1}, "fast")
+
+
+@pytest.mark.slow
+def test_training_applies_the_rule_once_records_it_and_keeps_it_on_resume(tmp_path):
+    files, _ = archives.archive_files("cifar10", per_batch=400, seed=3)   # 2,000 images
+    tar = archives.write_tar(str(tmp_path / "c10.tar.gz"), files)
+    out = str(tmp_path / "run")
+    common = ["--preset", "tiny", "--data-dir", tar, "--output-dir", out,
+              "--regularisation", "auto", "--no-tensorboard"]
+    first = run_app("train_cifar10.py", *common, "--epochs", 10, "--cutmix-alpha", 0)
+    assert first.returncode == 0, first.stderr
+    assert "regularisation auto: set by the epochs trained (given, so kept: " \
+           "--cutmix-alpha)" in first.stdout
+    expected = regularisation_rule(10, 1_700, 8)
+    assert 0 < expected["mixup_alpha"] < 0.1           # 17,000 images seen: a little
+    line = ("Regularisation auto, for 10 epochs: crop-padding 0, randaugment-n 0, "
+            f"randaugment-magnitude 0, mixup-alpha {expected['mixup_alpha']:g}, cutmix-alpha "
+            "0, erasing-prob 0, drop-path 0, label-smoothing 0.1; given as flags, so kept: "
+            "--cutmix-alpha")
+    assert line in first.stdout
+
+    def recorded():
+        with open(os.path.join(out, "results.json")) as handle:
+            return json.load(handle)["regularisation"]
+    assert recorded() == {"epochs": 10, "given_as_flags": ["cutmix_alpha"],
+                          "settings": {**expected, "cutmix_alpha": 0}}
+    again = run_app("train_cifar10.py", *common, "--epochs", 12, "--cutmix-alpha", 0)
+    assert again.returncode == 0, again.stderr
+    assert line in again.stdout and "12 epochs" not in again.stdout.split("Regularisation")[1]
+    assert recorded()["epochs"] == 10
+    assert regularisation_rule(12, 1_700, 8)["mixup_alpha"] != expected["mixup_alpha"]
