@@ -606,6 +606,27 @@ def regularised(config: TrainConfig, epochs: int, train_images: int) -> TrainCon
     return override(config, regularisation_epochs=epochs, **chosen).validate()
 
 
+def noting_given(config: TrainConfig, given) -> TrainConfig:
+    """`config` with the rule's settings among `given` (names of settings given as flags)
+    in regularisation_given: the rule leaves them as given."""
+    return dataclasses.replace(config, regularisation_given=tuple(
+        name for name in RULE_SETTINGS if name in given))
+
+
+def with_choice_of(saved: TrainConfig, wanted: TrainConfig) -> TrainConfig:
+    """`wanted` with what regularisation "auto" chose when the run `saved` started (the
+    settings wanted.regularisation_given names excepted): a resumed run keeps its choice,
+    whatever epochs it is now given. `wanted` itself unless both are "auto" and `saved` has
+    chosen."""
+    if not (saved.regularisation == wanted.regularisation == "auto"
+            and saved.regularisation_epochs):
+        return wanted
+    values = flat(saved)
+    return override(wanted, regularisation_epochs=saved.regularisation_epochs,
+                    **{name: values[name] for name in RULE_SETTINGS
+                       if name not in wanted.regularisation_given})
+
+
 def describe_regularisation(config: TrainConfig) -> str:
     """One line: what regularisation "auto" chose, and which flags won over it."""
     values = flat(config)

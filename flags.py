@@ -11,8 +11,8 @@ import re
 import typing
 from typing import Dict, List, Optional, Tuple
 
-from config import (PRESETS, RULE_SETTINGS, Augmentation, RunOptions, TrainConfig,
-                    flag_name, flat, leaf_fields, override)
+from config import (PRESETS, Augmentation, RunOptions, TrainConfig, flag_name, flat,
+                    leaf_fields, noting_given, override)
 from datasets import DATASETS
 from errors import UsageError
 
@@ -158,7 +158,6 @@ def configs_from_args(dataset: str, args: argparse.Namespace
     """The validated experiment and run options of flags parsed by a parser from
     build_train_parser (other attributes of `args` are ignored)."""
     given = given_settings(args)
-    preset = dataclasses.replace(PRESETS[getattr(args, "preset", "sample")], dataset=dataset,
-                                 regularisation_given=tuple(n for n in RULE_SETTINGS
-                                                            if n in given))
+    preset = noting_given(dataclasses.replace(PRESETS[getattr(args, "preset", "sample")],
+                                              dataset=dataset), given)
     return apply_settings(preset, RunOptions(), given)

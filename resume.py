@@ -19,8 +19,8 @@ from typing import Dict, Optional, Tuple
 import checkpoint
 import run_dir
 from checkpoint import RunState
-from config import PRESETS, RULE_SETTINGS, RunOptions, TrainConfig, \
-    differences_that_block_resume, flat, listed_differences, override, to_json
+from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, \
+    listed_differences, noting_given, override, to_json, with_choice_of
 from errors import UsageError
 from flags import split_settings
 from run_dir import CHECKPOINT, CONFIG, read_config
@@ -42,8 +42,8 @@ def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, ob
                          f"train_{saved.dataset}.py, or pick another --output-dir")
     experiment, run = split_settings(given)
     wanted = override(saved, **experiment)
-    reference = wanted if preset is None else override(
-        dataclasses.replace(PRESETS[preset], dataset=dataset), **{**chosen(saved), **experiment})
+    reference = wanted if preset is None else with_choice_of(saved, override(noting_given(
+        dataclasses.replace(PRESETS[preset], dataset=dataset), experiment), **experiment))
     check_resumable(saved, reference, output_dir)
     if "data_dir" not in run and saved_options.data_dir and \
             not os.path.exists(saved_options.data_dir):
@@ -54,20 +54,12 @@ def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, ob
             dataclasses.replace(saved_options, **{**run, "output_dir": output_dir}).validate())
 
 
-def chosen(saved: TrainConfig) -> Dict[str, object]:
-    """{setting: value} that regularisation "auto" chose for the run (none before it has
-    chosen): part of the run, not of the preset it was started from."""
-    if saved.regularisation != "auto" or not saved.regularisation_epochs:
-        return {}
-    values = flat(saved)
-    return {name: values[name] for name in (*RULE_SETTINGS, "regularisation_epochs")}
-
-
 def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool
                          ) -> Optional[TrainConfig]:
     """Creates or reopens options.output_dir and writes config.json; returns the experiment of
     the run being resumed, or None for a fresh run. Refuses (UsageError, listing every
-    difference) to resume a run whose experiment differs beyond the resumable settings.
+    difference) to resume a run whose experiment differs beyond the resumable settings;
+    a resumed run keeps what regularisation "auto" chose at its start (with_choice_of).
     The caller holds the folder's RunLock."""
     output_dir = options.output_dir
     run_dir.check_folder(output_dir)
@@ -78,6 +70,7 @@ def prepare_for_training(config: TrainConfig, options: RunOptions, restart: bool
     if os.path.exists(os.path.join(output_dir, CHECKPOINT)) and \
             os.path.exists(os.path.join(output_dir, CONFIG)):
         saved, _ = read_config(output_dir, "; add --restart to start the run over")
+        config = with_choice_of(saved, config)
         check_resumable(saved, config, output_dir)
     run_dir.atomic_write_json(os.path.join(output_dir, CONFIG), to_json(config, options))
     return saved

@@ -30,7 +30,7 @@ import run_dir
 import visualize
 from checkpoint import RunState
 from config import (RULE_SETTINGS, RunOptions, TrainConfig, describe_regularisation, flat,
-                    from_json, listed_differences, regularised, to_json)
+                    from_json, listed_differences, regularised, to_json, with_choice_of)
 from errors import RunStopped, UsageError, first_line
 from vit_model import build_model
 
@@ -114,6 +114,8 @@ def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
     precision.set_policy(options.mixed_precision, device, config, cluster.workers)  # unseeded
     saved_config = share_start(cluster, config, resume.prepare_for_training(
         config, options, restart), output_dir)
+    if saved_config is not None:   # a resumed run keeps what the rule chose at its start
+        config = with_choice_of(saved_config, config)
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.LABELS), data.label_names)
 
     keras.utils.set_random_seed(config.seed)

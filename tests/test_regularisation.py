@@ -133,3 +133,29 @@ def test_training_applies_the_rule_once_records_it_and_keeps_it_on_resume(tmp_pa
     assert line in again.stdout and "12 epochs" not in again.stdout.split("Regularisation")[1]
     assert recorded()["epochs"] == 10
     assert regularisation_rule(12, 1_700, 8)["mixup_alpha"] != expected["mixup_alpha"]
+
+
+@pytest.mark.slow
+def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar):
+    import contextlib
+    import io
+
+    import cifar_data
+    import devices
+    import training
+    from run_dir import read_config
+    config = override(PRESETS["tiny"], batch_size=32, epochs=50, lr_schedule="cosine",
+                      warmup_epochs=5, time_budget=0.25, regularisation="auto")
+    options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
+    data = cifar_data.load("cifar10", cifar10_tar)
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        results = training.run(config, options, data, devices.detect())
+    planned = results["time_budget_plan"]["epochs"]
+    assert f"Regularisation auto, for {planned} epochs" in printed.getvalue()
+    assert results["regularisation"] == {"epochs": planned, "given_as_flags": [],
+                                         "settings": regularisation_rule(planned, 170, 8)}
+    saved, _ = read_config(options.output_dir)      # tiny's label smoothing 0 became 0.1
+    assert saved.regularisation_epochs == planned and saved.label_smoothing == 0.1
+    with contextlib.redirect_stdout(io.StringIO()):
+        again = training.run(override(config, epochs=80), options, data, devices.detect())
+    assert again["regularisation"] == results["regularisation"]
