@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Optional
 
 import numpy as np
 
@@ -37,17 +38,19 @@ from tests import archives      # the official-layout archive writer the tests u
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def fashion_archive(folder: str, fashion_dir: str) -> str:
-    """The whole Fashion-MNIST set as a CIFAR-10 archive in `folder`; returns its path."""
-    def load(prefix):
-        x = read_idx(os.path.join(fashion_dir, f"{prefix}-images-idx3-ubyte.gz"))
-        y = read_idx(os.path.join(fashion_dir, f"{prefix}-labels-idx1-ubyte.gz"))
+def fashion_archive(folder: str, fashion_dir: str, train_images: Optional[int] = None,
+                    test_images: Optional[int] = None) -> str:
+    """Fashion-MNIST as a CIFAR-10 archive in `folder` (the first train_images and
+    test_images of each split; None: all of it); returns its path."""
+    def load(prefix, count):
+        x = read_idx(os.path.join(fashion_dir, f"{prefix}-images-idx3-ubyte.gz"))[:count]
+        y = read_idx(os.path.join(fashion_dir, f"{prefix}-labels-idx1-ubyte.gz"))[:count]
         return as_cifar(x), y.astype(np.int64)
 
     if not os.path.isdir(fashion_dir):
         raise UsageError(f"no Fashion-MNIST in {fashion_dir}: apt-get install "
                          "dataset-fashion-mnist, or pass --data-dir ARCHIVE")
-    splits = {"train": load("train"), "test": load("t10k")}
+    splits = {"train": load("train", train_images), "test": load("t10k", test_images)}
     return archives.write_tar(os.path.join(folder, "fashion-as-cifar-10.tar.gz"),
                               archives.files_from_arrays("cifar10", splits, NAMES))
 
@@ -69,8 +72,9 @@ def one_run(archive: str, output_dir: str, preset: str, seed: int, extra) -> dic
     with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
     with open(os.path.join(output_dir, "history.csv"), newline="", encoding="utf-8") as handle:
-        results["curve"] = [(float(r["train_seconds"]), float(r["val_top1"]))
-                            for r in csv.DictReader(handle)]
+        results["history"] = [{k: float(v) for k, v in row.items()}
+                              for row in csv.DictReader(handle)]
+    results["curve"] = [(r["train_seconds"], r["val_top1"]) for r in results["history"]]
     return results
 
 
