@@ -305,9 +305,12 @@ def test_attend_in_bfloat16_has_float32_softmax_and_beats_bfloat16_autodiff(shap
     softmax and the softmax's backward in float32 (as Keras keeps the loss and LayerNorm
     statistics). Against the float64 formula at the same rounded inputs, its outputs and
     gradients are within bfloat16's precision, and no further off than autodiff of the plain
-    formula computed all in bfloat16 (errors relative to each tensor's largest entry)."""
+    formula computed all in bfloat16: the largest error relative to each tensor's largest
+    entry, and the root-mean-square error relative to the tensor's norm (the largest single
+    error is one draw's luck: over seeds 0-7 ours is 0.5-1.7x autodiff's, the RMS 0.83-0.99x)."""
     b, h, t, dh = shape
-    q, k, v, upstream = (tf.cast(tf.constant(RNG.normal(size=s)), tf.bfloat16) for s in
+    rng = np.random.default_rng(0)          # its own draw: not shifted by the tests before it
+    q, k, v, upstream = (tf.cast(tf.constant(rng.normal(size=s)), tf.bfloat16) for s in
                          ((b, h, t, dh), (b, h, dh, t), (b, h, t, dh), (b, h, t, dh)))
     q = q * tf.cast(1 / np.sqrt(dh), tf.bfloat16)                # scaled, as the layer does
 
@@ -323,9 +326,9 @@ def test_attend_in_bfloat16_has_float32_softmax_and_beats_bfloat16_autodiff(shap
     plain, _, _ = outputs_and_grads(plain_attention, [q, k, v])
     exact, _, _ = outputs_and_grads(plain_attention, [tf.cast(a, tf.float64) for a in (q, k, v)])
     for name, got, baseline, want in zip(("out", "dq", "dk", "dv"), ours, plain, exact):
-        error, scale = np.abs(got - want).max(), np.abs(want).max()
-        assert error <= 2e-2 * scale, name
-        assert error <= 1.25 * np.abs(baseline - want).max(), name
+        assert np.abs(got - want).max() <= 2e-2 * np.abs(want).max(), name
+        rms_error = np.linalg.norm(got - want) / np.linalg.norm(want)
+        assert rms_error <= np.linalg.norm(baseline - want) / np.linalg.norm(want), name
 
     step = tf.function(lambda q, k, v: tf.gradients(vit_model.attend(q, k, v), [q, k, v],
                                                     grad_ys=upstream))
