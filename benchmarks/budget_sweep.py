@@ -16,7 +16,8 @@ jobs on the machine slow a sweep down without biasing it. --arm LABEL="FLAGS" re
 default arms (any training flags, e.g. --arm mix="--mixup-alpha 0.8 --cutmix-alpha 1"); the
 arm named by --baseline is the one the others are compared with. Flags after `--` go to
 every run. With --keep DIR the archive, the runs and sweep.json stay there, and a run whose
-folder already holds its results for the same settings is read, not trained again.
+folder already holds its results for the same settings is read, not trained again (unless
+the rule in config.py now chooses otherwise for it).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import tempfile
 import time
 
 from benchmarks.time_to_accuracy import fashion_archive, one_run, summary
-from config import PRESETS
+from config import PRESETS, regularisation_rule
 from errors import UsageError, entry_point
 from flags import Parser
 
@@ -55,13 +56,26 @@ def run_once(archive: str, data: list, folder: str, preset: str, seed: int,
     if os.path.exists(record):
         with open(record, encoding="utf-8") as handle:
             kept = json.load(handle)
-        if kept["key"] == key:
+        if kept["key"] == key and not stale(kept["results"]):
             print(f"kept: {folder}", flush=True)
             return kept["results"]
     results = one_run(archive, folder, preset, seed, flags)
     with open(record, "w", encoding="utf-8") as handle:
         json.dump({"key": key, "results": results}, handle)
     return results
+
+
+def stale(results: dict) -> bool:
+    """Whether a kept run's regularisation "auto" chose other settings than the rule in
+    config.py chooses now for the same epochs and training images (the rule was changed)."""
+    record = results.get("regularisation")
+    if not record:
+        return False
+    train_images = results["images_seen"] // results["epochs_completed"]
+    patch_size = results["config"]["experiment"]["patch_size"]
+    now = regularisation_rule(record["epochs"], train_images, patch_size)
+    return any(record["settings"][name] != value for name, value in now.items()
+               if name not in record["given_as_flags"])
 
 
 def table(runs: dict, arms: list, epochs: list, baseline: str) -> str:
