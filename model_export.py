@@ -12,7 +12,9 @@ One converter per format, the same on both stacks:
   onnx         tf2onnx from a tf.function with an input signature, opset 17, standard ops
                only (the ONNX_OPS the DirectML execution provider runs; tests/test_export.py
                holds the graphs to them). Keras 3's model.export(format="onnx") is tf2onnx
-               too, but Keras 2.10 (the DirectML stack) has no export at all.
+               too, but Keras 2.10 (the DirectML stack) has no export at all. The converted
+               graph is then rewritten by onnx_fusion into ops ONNX Runtime runs fused (one
+               MatMul per Dense, LayerNormalization, a GELU its optimiser recognises).
   saved_model  tf.saved_model.save of a tf.Module holding the model, its serving function
                (signature serving_default) and the metadata as an asset (metadata.json).
   tflite       the TFLite converter from a SavedModel of the serving function with its
@@ -32,6 +34,7 @@ import tensorflow as tf
 
 import deployed_model
 import keras_compat
+import onnx_fusion
 from config import PRESETS, TrainConfig
 from datasets import IMAGE_SIZE
 from deployed_model import INPUT, LOGITS, PROBABILITIES
@@ -106,13 +109,17 @@ def set_metadata(model_bytes: bytes, values: Dict[str, str]) -> bytes:
     return proto.SerializeToString()
 
 
-def to_onnx(model, values: Dict[str, str]) -> bytes:
-    """The ONNX file of `model` (inference_model), with metadata_props `values`."""
+def to_onnx(model, values: Dict[str, str], fuse: bool = True) -> bytes:
+    """The ONNX file of `model` (inference_model), with metadata_props `values`. `fuse`
+    rewrites tf2onnx's graph by onnx_fusion (the same values, fewer and fusable ops);
+    fuse=False keeps tf2onnx's own graph, the plain path the tests compare it with."""
     import onnx
     import tf2onnx
     serve = serving_function(model)
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=serve.input_signature,
                                              opset=OPSET)
+    if fuse:                      # one MatMul per Dense, LayerNormalization, ORT's GELU form
+        proto = onnx_fusion.fuse(proto)
     values = {**values, "exported_with": f"{values['exported_with']}, "
                                          f"tf2onnx {tf2onnx.__version__}"}
     used = {node.domain for node in proto.graph.node}

@@ -1,6 +1,7 @@
 """export.py and model_export: the exported graphs compute what Keras computes, with the
 agreed interface (uint8 `images`, dynamic batch; `logits`, `probabilities`), ONNX ops the
 DirectML execution provider runs, the run's metadata; and export.py's one-line errors."""
+import collections
 import json
 import os
 import subprocess
@@ -76,6 +77,72 @@ def test_onnx_graph_is_uint8_in_float32_out_opset_17_directml_ops(onnx_file):
     assert {o.name: o.type.tensor_type.elem_type for o in proto.graph.output} == \
         {"logits": onnx.TensorProto.FLOAT, "probabilities": onnx.TensorProto.FLOAT}
     assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in proto.graph.initializer)
+
+
+@pytest.fixture(scope="module")
+def trained_like(model, tmp_path_factory):
+    """The tiny model with every weight moved off its initial value (LayerNorm gamma not 1,
+    beta and biases not 0, which tf2onnx would otherwise fold away), its fused ONNX file and
+    tf2onnx's own (to_onnx fuse=False)."""
+    config, _ = model
+    keras_model = model_export.inference_model(config)
+    rng = np.random.default_rng(3)
+    for weight in keras_model.weights:
+        weight.assign(weight.numpy() + rng.normal(0, 0.1, weight.shape).astype(np.float32))
+    values = model_export.metadata(config, CIFAR10_CLASSES, None)
+    folder = tmp_path_factory.mktemp("trained_like")
+    paths = {}
+    for fuse in (True, False):
+        paths[fuse] = str(folder / f"fuse_{fuse}.onnx")
+        export.write_bytes(model_export.to_onnx(keras_model, values, fuse=fuse))(paths[fuse])
+    return keras_model, paths
+
+
+def test_fused_onnx_of_trained_weights_equals_keras_and_the_unfused_graph(trained_like):
+    keras_model, paths = trained_like
+    x = images(37, seed=4)
+    expected = keras_model(x, training=False).numpy()
+    fused = deployed_model.open_model(paths[True]).run(x)["logits"]
+    plain = deployed_model.open_model(paths[False]).run(x)["logits"]
+    np.testing.assert_allclose(fused, expected, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(fused, plain, atol=1e-5, rtol=0)
+    assert np.abs(expected).max() > 0.1              # the weights move the logits
+
+
+@pytest.mark.parametrize("weights", ["initial", "trained_like"])
+def test_onnx_graph_is_fused_one_matmul_per_dense(model, onnx_file, trained_like, tmp_path,
+                                                  weights):
+    """Per Dense on (B, T, D) one MatMul (no Shape -> Gather -> Concat -> Reshape chain), each
+    layer norm one LayerNormalization, and every GELU in the form ONNX Runtime's optimiser
+    fuses (its saved optimised graph has no Erf left); tf2onnx's own graph has none of it."""
+    import onnx
+    import onnxruntime as ort
+    config = model[0]
+    path = onnx_file if weights == "initial" else trained_like[1][True]
+    graph = onnx.load(path).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    dense_3d = 1 + 4 * config.num_layers                     # patch_proj; qkv, output, mlp x2
+    attention = 2 * config.num_layers                        # Q K^T and P V
+    dense_2d = len(config.head_units) + 1                    # head and classifier
+    assert ops["MatMul"] + ops["Gemm"] == dense_3d + attention + dense_2d
+    # every Reshape to a constant shape; one Shape only, the class token's batch size
+    constants = {t.name for t in graph.initializer}
+    assert all(node.input[1] in constants for node in graph.node if node.op_type == "Reshape")
+    assert config.pooling == "class_token" and ops["Shape"] == 1
+    assert not {"GlobalAveragePool", "Sqrt", "Reciprocal"} & set(ops)
+    assert ops["LayerNormalization"] == 2 * config.num_layers + 1
+    assert ops["Erf"] == config.num_layers + len(config.head_units)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimised.onnx")
+    ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    assert "Erf" not in {node.op_type for node in onnx.load(options.optimized_model_filepath)
+                         .graph.node}
+    if weights == "trained_like":
+        plain = collections.Counter(node.op_type for node in
+                                    onnx.load(trained_like[1][False]).graph.node)
+        assert plain["Shape"] == dense_3d + 1 and plain["LayerNormalization"] == 0
+        assert sum(plain.values()) > 2 * sum(ops.values())
 
 
 def test_onnx_metadata_describes_the_run(onnx_file):
