@@ -148,9 +148,11 @@ def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
             # the planned epochs known: regularisation "auto" chooses now (timed without
             # it; with 8x8 patches it adds only mixing, which costs little)
             chosen = regularised(config, state.plan.epochs, len(x_train))
-            if chosen != config:
-                config = chosen
-                model, schedule, augment, val = build(config)
+            if chosen != config:          # the choice is kept in config.json for resuming
+                if replace(chosen, regularisation_epochs=config.regularisation_epochs) \
+                        != config:        # a new setting: a new model, traced again
+                    model, schedule, augment, val = build(chosen)
+                config = chosen           # else the calibrated, traced model trains on
                 run_dir.atomic_write_json(os.path.join(output_dir, run_dir.CONFIG),
                                           to_json(config, options))
     if config.regularisation == "auto":
