@@ -111,7 +111,8 @@ def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         data.x_train, data.y_train, config.validation_fraction, config.seed)
     if not config.time_budget:     # --epochs known: regularisation "auto" chooses now
         config = regularised(config, config.epochs, len(x_train))
-    precision.set_policy(options.mixed_precision, device, config, cluster.workers)  # unseeded
+    chosen_precision = precision.set_policy(options.mixed_precision, device, config,
+                                            cluster.workers)               # unseeded
     saved_config = share_start(cluster, config, resume.prepare_for_training(
         config, options, restart), output_dir)
     if saved_config is not None:   # a resumed run keeps what the rule chose at its start
@@ -200,7 +201,7 @@ def train(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         return {}
     try:
         return finish(config, options, data, local_model(cluster, config, model), state,
-                      device, len(x_train), cluster)
+                      device, len(x_train), chosen_precision, cluster)
     except KeyboardInterrupt:
         raise RunStopped(f"stopped by Ctrl-C during the final evaluation; all "
                          f"{state.epochs_done} epochs are saved in {output_dir}; run "
@@ -358,8 +359,9 @@ def regularisation_record(config: TrainConfig) -> Optional[dict]:
 
 def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData, model,
            state: RunState, device: devices.Device, train_images: int,
-           cluster: "distribution.Plan | None" = None) -> dict:
-    """Evaluates the best weights on the test set, writes results.json and the figures."""
+           ran: precision.Precision, cluster: "distribution.Plan | None" = None) -> dict:
+    """Evaluates the best weights on the test set, writes results.json (with `ran`, the
+    precision the run trained in) and the figures."""
     output_dir, cluster = options.output_dir, cluster or distribution.single_device()
     best = run_dir.best_weights_path(output_dir)
     if best is None:
@@ -386,8 +388,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar_data.CifarData,
         "distribution": cluster.record(config.batch_size),
         "device": device.kind,
         "device_name": device.name,
-        "precision": precision.decide(options.mixed_precision, device, config,
-                                      cluster.workers).record(),
+        "precision": ran.record(),
         **devices.versions(),
         "config": to_json(config, options),
     }
