@@ -1,61 +1,12 @@
-"""Floating-point operations of the model, counted from its layer shapes (no TensorFlow).
+"""FLOPs per image of a preset's model, counted from its layer shapes (no TensorFlow).
 
-Convention: only matrix products are counted, at 2 FLOPs per multiply-add (patch projection,
-fused QKV, Q K^T, attention x V, output projection, both MLP layers of every block and the
-classifier head). Element-wise work (LayerNorm, softmax, GELU, dropout, biases, Adam) is
-left out. A training step is counted as 3x the forward pass (the backward pass computes two
-matrix products, for the input and for the weight gradient, per forward product).
+    python flops.py [--preset NAME]
+
+The command is vitcifar/commands/flops.py.
 """
-from __future__ import annotations
+import sys
 
-from config import PRESETS, patch_grid_side
-from errors import entry_point
-from flags import Parser
-
-TRAIN_STEP_FACTOR = 3
-
-
-def forward_flops_per_image(config, image_size: int = 32, channels: int = 3) -> dict:
-    """{part: FLOPs} of one image's forward pass for a TrainConfig-like object."""
-    side = patch_grid_side(image_size, config.patch_size, config.patch_stride)
-    n = side * side                                  # patches
-    t = n + (config.pooling == "class_token")        # tokens, a class token included
-    d, m = config.embedding_dim, config.mlp_hidden_dim
-    patch = config.patch_size ** 2 * channels
-    per_block = {
-        "qkv": 2 * t * d * 3 * d,
-        "scores": 2 * t * t * d,                     # H heads x (T x Dh) @ (Dh x T)
-        "attention_values": 2 * t * t * d,           # H heads x (T x T) @ (T x Dh)
-        "output_proj": 2 * t * d * d,
-        "mlp": 2 * t * d * m * 2,
-    }
-    widths = [d, *config.head_units, config.num_classes]
-    parts = {"patch_proj": 2 * n * patch * d}
-    parts.update({name: config.num_layers * value for name, value in per_block.items()})
-    parts["head"] = sum(2 * a * b for a, b in zip(widths, widths[1:]))
-    return parts
-
-
-def train_flops_per_image(config) -> int:
-    """FLOPs of one image in a training step (forward + backward), by the convention above."""
-    return TRAIN_STEP_FACTOR * sum(forward_flops_per_image(config).values())
-
-
-@entry_point
-def main(argv=None) -> int:
-    """`python flops.py [--preset NAME]`: the count by part, forward and per training step."""
-    parser = Parser(prog="flops.py", description="FLOPs per image of a preset's model.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="sample")
-    config = PRESETS[parser.parse_args(argv).preset]
-    parts = forward_flops_per_image(config)
-    for name, value in parts.items():
-        print(f"{name:18s} {value / 1e6:8.2f} MFLOP")
-    forward = sum(parts.values())
-    print(f"{'forward':18s} {forward / 1e6:8.2f} MFLOP per image")
-    print(f"{'training step':18s} {train_flops_per_image(config) / 1e6:8.2f} MFLOP per image "
-          f"({TRAIN_STEP_FACTOR}x forward)")
-    return 0
-
+from vitcifar.commands.flops import main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

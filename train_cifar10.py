@@ -4,11 +4,11 @@
     python train_cifar10.py --data-dir DIR        # offline, from the official archive in DIR
     python train_cifar10.py --help                # every flag
 
-All the work is in cli.py / training.py; this file only names the dataset.
+The work is in vitcifar/ (vitcifar.commands.train); this file only names the dataset.
 """
 import sys
 
-from cli import main
+from vitcifar.commands.train import main
 
 if __name__ == "__main__":
     sys.exit(main("cifar10"))

@@ -22,9 +22,9 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from config import POOLINGS, patch_grid_side
-from datasets import IMAGE_SIZE
-from keras_compat import KERAS_3, register
+from vitcifar.config.settings import POOLINGS, patch_grid_side
+from vitcifar.config.datasets import IMAGE_SIZE
+from vitcifar.backend.keras_compat import KERAS_3, register
 
 keras = tf.keras
 

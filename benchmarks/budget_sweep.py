@@ -31,9 +31,10 @@ import tempfile
 import time
 
 from benchmarks.time_to_accuracy import fashion_archive, one_run, summary
-from config import PRESETS, regularisation_rule
-from errors import UsageError, entry_point
-from flags import Parser
+from vitcifar.config.flags import Parser
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.regularisation import regularisation_rule
+from vitcifar.errors import UsageError, entry_point
 
 DEFAULT_ARMS = ("rule=--regularisation auto", "off=--regularisation off")
 SWEEP_FILE = "sweep.json"     # in a kept run's folder: the settings its results belong to
@@ -121,7 +122,8 @@ def draw(path: str, runs: dict, arms: list, epochs: list, title: str) -> None:
 
 
 @entry_point
-def main(argv=None) -> int:
+def parse(argv):
+    """(args, arms, extra training flags), checked."""
     parser = Parser(prog="budget_sweep.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-images", type=int, default=2000,
                         help="Fashion-MNIST training images used, validation included (first N)")
@@ -146,6 +148,11 @@ def main(argv=None) -> int:
             or not 1 <= args.test_images <= 10000:
         raise UsageError("--seeds and --epochs must be 1 or more, --train-images 20 to "
                          "60000, --test-images 1 to 10000")
+    return args, arms, extra
+
+
+def main(argv=None) -> int:
+    args, arms, extra = parse(argv)
     epochs = sorted(set(args.epochs))
     started = time.time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

@@ -24,8 +24,8 @@ import time
 
 import numpy as np
 
-from config import PRESETS
-from datasets import CIFAR10_CLASSES, IMAGE_SIZE
+from vitcifar.config.datasets import CIFAR10_CLASSES, IMAGE_SIZE
+from vitcifar.config.presets import PRESETS
 
 
 def timings(call, runs: int, warmup: int) -> list:
@@ -49,8 +49,8 @@ def measure(call_for, batch1_runs, big_runs, warmup, big_batch, rng):
 
 
 def preset_figures(name, args, scratch):
-    import model_export
-    from deployed_model import LOGITS, open_model
+    from vitcifar.deploy import model_export
+    from vitcifar.deploy.deployed_model import LOGITS, open_model
     rng = np.random.default_rng(0)
     config = PRESETS[name]
     model = model_export.inference_model(config)
@@ -98,8 +98,8 @@ def main(argv=None) -> int:
         print("error: --batch1-runs, --big-batch and --big-runs must be 1 or more, --warmup 0 "
               "or more", file=sys.stderr)
         return 2
-    import tensorflow as tf
     import onnxruntime
+    import tensorflow as tf
     print(f"TensorFlow {tf.__version__}, ONNX Runtime {onnxruntime.__version__}, "
           f"{os.cpu_count()} CPUs; batch 1: {args.batch1_runs} calls, batch {args.big_batch}: "
           f"median of {args.big_runs}")

@@ -26,9 +26,9 @@ import tempfile
 
 import numpy as np
 
-from errors import UsageError, entry_point
-from flags import Parser
-from tests import archives      # the official-layout archive writer the tests use
+from tests import archives  # the official-layout archive writer the tests use
+from vitcifar.config.flags import Parser
+from vitcifar.errors import UsageError, entry_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

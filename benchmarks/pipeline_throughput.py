@@ -12,7 +12,7 @@ values), in interleaved timed windows so that every figure sees the same machine
              they exist, a one-image ImageProjectiveTransformV3 for geometry); the coin's
              probability gives each image as many RandAugment ops on average
   train      training steps of the default model (vit_model.build_model(TrainConfig()),
-             compiled by training.compile_model, XLA off as on CPU/DirectML) on fixed batches
+             compiled by compiled.compile_model, XLA off as on CPU/DirectML) on fixed batches
 
 and prints images per second (median of the windows, and their range) and the ratios,
 each ratio taken window by window. The augmentation is the default one unless flags say
@@ -26,8 +26,8 @@ import statistics
 import sys
 import time
 
-import devices
-from flags import verbose_requested
+from vitcifar.backend import devices
+from vitcifar.config.flags import verbose_requested
 
 if "tensorflow" not in sys.modules:           # run as a script: a quiet TensorFlow start
     devices.prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
@@ -36,13 +36,13 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import data_augmentations as aug  # noqa: E402
-import input_pipeline  # noqa: E402
-import training  # noqa: E402
-from config import MAX_MAGNITUDE, RANDAUGMENT_STRENGTH, TrainConfig  # noqa: E402
-from datasets import IMAGE_SIZE  # noqa: E402
-from errors import entry_point  # noqa: E402
-from flags import parse_train_flags  # noqa: E402
 from vit_model import build_model  # noqa: E402
+from vitcifar.config.datasets import IMAGE_SIZE  # noqa: E402
+from vitcifar.config.flags import parse_train_flags  # noqa: E402
+from vitcifar.config.settings import MAX_MAGNITUDE, RANDAUGMENT_STRENGTH, TrainConfig  # noqa: E402
+from vitcifar.data import input_pipeline  # noqa: E402
+from vitcifar.errors import entry_point  # noqa: E402
+from vitcifar.training import compiled  # noqa: E402
 
 
 def per_image_dataset(images, labels, config: TrainConfig) -> tf.data.Dataset:
@@ -100,7 +100,7 @@ def batch_source(dataset: tf.data.Dataset):
 
 def train_source(config: TrainConfig, batch_size: int):
     model = build_model(config)
-    training.compile_model(model, config)
+    compiled.compile_model(model, config)
     rng = np.random.default_rng(0)
     images = tf.constant(rng.integers(0, 256, (batch_size, IMAGE_SIZE, IMAGE_SIZE, 3),
                                       dtype=np.uint8))

@@ -18,11 +18,11 @@ import os
 import sys
 import tempfile
 
-import cli
-import flags
-import precision
-from datasets import IMAGE_SIZE
-from errors import UsageError, entry_point
+from vitcifar.commands import train as train_command
+from vitcifar.config import flags
+from vitcifar.config.datasets import IMAGE_SIZE
+from vitcifar.errors import UsageError, entry_point
+from vitcifar.training import precision
 
 
 def parse(argv):
@@ -43,9 +43,9 @@ def parse(argv):
 def op_times(logdir: str):
     """{op type: summed milliseconds} and {op name: summed milliseconds} from the trace."""
     try:
-        from tensorflow.tsl.profiler.protobuf import xplane_pb2          # TF >= 2.12
+        from tensorflow.tsl.profiler.protobuf import xplane_pb2  # TF >= 2.12
     except ImportError:
-        from tensorflow.core.profiler.protobuf import xplane_pb2         # TF 2.10
+        from tensorflow.core.profiler.protobuf import xplane_pb2  # TF 2.10
     by_type, by_name = collections.Counter(), collections.Counter()
     for path in glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True):
         space = xplane_pb2.XSpace()
@@ -66,12 +66,13 @@ def op_times(logdir: str):
 
 @entry_point
 def main(argv=None) -> int:
-    config, options, args, device = cli.start_tool(parse, argv)
-    import devices
+    config, options, args, device = train_command.start_tool(parse, argv)
     import numpy as np
     import tensorflow as tf
-    import training
+
     from vit_model import build_model
+    from vitcifar.backend import devices
+    from vitcifar.training import compiled
 
     tf.keras.utils.set_random_seed(config.seed)
     precision.set_policy(options.mixed_precision, device, config)
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     y = rng.integers(0, config.num_classes, config.batch_size)
     data = tf.data.Dataset.from_tensors((x, y)).repeat()
     model = build_model(config)
-    training.compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
+    compiled.compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
                            steps_per_execution=options.steps_per_execution)
     model.fit(data, steps_per_epoch=5, epochs=1, verbose=0, shuffle=False)     # trace, warm up
     with tempfile.TemporaryDirectory() as logdir:

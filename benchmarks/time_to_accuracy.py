@@ -30,10 +30,10 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.learning_check import NAMES, as_cifar, read_idx
-from config import PRESETS
-from errors import RunStopped, UsageError, entry_point
-from flags import Parser
-from tests import archives      # the official-layout archive writer the tests use
+from tests import archives  # the official-layout archive writer the tests use
+from vitcifar.config.flags import Parser
+from vitcifar.config.presets import PRESETS
+from vitcifar.errors import RunStopped, UsageError, entry_point
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

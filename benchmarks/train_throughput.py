@@ -10,7 +10,7 @@ this Python has.
 What runs is what `train_cifar10.py` runs: synthetic uint8 CIFAR-shaped images (42,500 by
 default, like the sample's training split) go through `input_pipeline.train_dataset` with
 `input_pipeline.make_augment`, into the model from `build_model(config)` compiled by
-`training.compile_model` (loss, optimizer, top-1/top-5 metrics, XLA choice, steps per
+`compiled.compile_model` (loss, optimizer, top-1/top-5 metrics, XLA choice, steps per
 execution), in the precision `--mixed-precision` gives (precision.py), trained by
 `model.fit`. Only the data are synthetic and there is no validation pass. `--model-only`
 feeds one fixed uint8 batch, with labels encoded as the pipeline encodes them, over and over
@@ -48,13 +48,14 @@ import subprocess
 import sys
 import time
 
-import cli
-import flags
-import flops
-import precision
-from config import PRESETS, flag_name
-from datasets import DATASETS, IMAGE_SIZE
-from errors import UsageError, entry_point
+from vitcifar.analysis import flops
+from vitcifar.commands import train as train_command
+from vitcifar.config import flags
+from vitcifar.config.datasets import DATASETS, IMAGE_SIZE
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import flag_name
+from vitcifar.errors import UsageError, entry_point
+from vitcifar.training import precision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -160,50 +161,36 @@ def spread(values, digits: int = 1, unit: str = "") -> str:
 
 
 @entry_point
-def main(argv=None) -> int:
-    if "--all-presets" in (argv if argv is not None else sys.argv[1:]):
-        return all_presets(argv)
-    config, options, args, device = cli.start_tool(parse, argv)
-    import devices
+def timing_data(config, options, args):
+    """(the batches to time, a description): one fixed uint8 batch (--model-only), or the
+    input pipeline with augmentation over synthetic uint8 images, whole batches only."""
     import numpy as np
     import tensorflow as tf
-    import input_pipeline
-    import fit_loop
-    import training
-    from vit_model import build_model
-    keras = tf.keras
 
-    batch = config.batch_size
-    chosen = precision.decide(options.mixed_precision, device, config)   # before seeding
-    policies = compared_policies(device) if args.compare_precisions else [chosen.policy]
-    keras.utils.set_random_seed(config.seed)
+    from vitcifar.data import input_pipeline
+    batch, shape = config.batch_size, (IMAGE_SIZE, IMAGE_SIZE, 3)
     rng = np.random.default_rng(config.seed)
-    shape = (IMAGE_SIZE, IMAGE_SIZE, 3)
     one_hot = input_pipeline.label_classes(config)
-    per_call = options.steps_per_execution
-    longest = max(args.warmup, args.steps + per_call)          # steps of one model.fit call
+    longest = max(args.warmup, args.steps + options.steps_per_execution)   # one fit call
     if args.model_only:
         x = rng.integers(0, 256, (batch, *shape), dtype=np.uint8)
         y = input_pipeline.encode_labels(rng.integers(0, config.num_classes, batch), one_hot)
-        data = tf.data.Dataset.from_tensors((x, y)).repeat()
-        path = "one fixed uint8 batch (no input pipeline)"
-    else:
-        # whole batches only: an epoch's short last batch would land in a timed window
-        count = max(batch, args.images - args.images % batch)
-        x = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
-        y = rng.integers(0, config.num_classes, count)
-        epochs = -(-longest // input_pipeline.steps_per_epoch(count, batch))
-        augment = input_pipeline.make_augment(config.augmentation, one_hot)
-        data = input_pipeline.train_dataset(x, y, batch, augment, config.seed, 0, epochs)
-        path = f"input pipeline with augmentation, {count:,} synthetic uint8 images"
+        return (tf.data.Dataset.from_tensors((x, y)).repeat(),
+                "one fixed uint8 batch (no input pipeline)")
+    # whole batches only: an epoch's short last batch would land in a timed window
+    count = max(batch, args.images - args.images % batch)
+    x = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+    y = rng.integers(0, config.num_classes, count)
+    epochs = -(-longest // input_pipeline.steps_per_epoch(count, batch))
+    augment = input_pipeline.make_augment(config.augmentation, one_hot)
+    return (input_pipeline.train_dataset(x, y, batch, augment, config.seed, 0, epochs),
+            f"input pipeline with augmentation, {count:,} synthetic uint8 images")
 
-    xla = devices.use_xla(options.xla, device)
-    models = {}
-    for name in policies:
-        with precision.policy(name):
-            models[name] = build_model(config)
-            training.compile_model(models[name], config, jit_compile=xla,
-                                   steps_per_execution=per_call)
+
+def measure(models: dict, data, args, batch: int, per_call: int) -> dict:
+    """{policy: [images/s per window]}: every model warmed up, then the windows timed with
+    the order of the models alternating window by window."""
+    from vitcifar.training import fit_loop
 
     def fit(model, steps):
         timer = fit_loop.StepTimer()
@@ -211,15 +198,24 @@ def main(argv=None) -> int:
                   verbose=0)
         return timer.at
 
+    policies = list(models)
     for model in models.values():
         fit(model, args.warmup)
     rates = {name: [] for name in policies}
-    for window in range(args.windows):               # the order alternates window by window
+    for window in range(args.windows):
         for name in (policies if window % 2 == 0 else policies[::-1]):
             at = fit(models[name], args.steps + per_call)     # the first execution untimed
             rates[name].append(batch * args.steps /
                                (at[args.steps + per_call - 1] - at[per_call - 1]))
+    return rates
 
+
+def report(config, options, args, device, chosen, rates: dict, path: str, xla: bool) -> None:
+    """Prints the setting, the rates per precision, FLOP/s against the matmul peaks."""
+    import tensorflow as tf
+
+    from vitcifar.backend import devices
+    policies, batch, per_call = list(rates), config.batch_size, options.steps_per_execution
     v = devices.versions()
     preset = getattr(args, "preset", "sample")
     shown = chosen.describe() if not args.compare_precisions else \
@@ -258,6 +254,33 @@ def main(argv=None) -> int:
         automatic = chosen if options.mixed_precision == "auto" else \
             precision.decide("auto", device, config)
         print(f"--mixed-precision auto picks here: {automatic.describe()}")
+
+
+def main(argv=None) -> int:
+    if "--all-presets" in (argv if argv is not None else sys.argv[1:]):
+        return all_presets(argv)
+    config, options, args, device = train_command.start_tool(parse, argv)
+    import tensorflow as tf
+
+    from vit_model import build_model
+    from vitcifar.backend import devices
+    from vitcifar.training import compiled
+    keras = tf.keras
+
+    batch = config.batch_size
+    chosen = precision.decide(options.mixed_precision, device, config)   # before seeding
+    policies = compared_policies(device) if args.compare_precisions else [chosen.policy]
+    keras.utils.set_random_seed(config.seed)
+    data, path = timing_data(config, options, args)
+    xla = devices.use_xla(options.xla, device)
+    models = {}
+    for name in policies:
+        with precision.policy(name):
+            models[name] = build_model(config)
+            compiled.compile_model(models[name], config, jit_compile=xla,
+                                   steps_per_execution=options.steps_per_execution)
+    rates = measure(models, data, args, batch, options.steps_per_execution)
+    report(config, options, args, device, chosen, rates, path, xla)
     return 0
 
 

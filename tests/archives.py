@@ -14,7 +14,7 @@ import tarfile
 
 import numpy as np
 
-import datasets
+from vitcifar.config import datasets
 
 LAYOUT = {
     "cifar10": {"folder": "cifar-10-batches-py",

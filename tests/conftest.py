@@ -6,10 +6,11 @@ import shutil
 
 import pytest
 
-import helpers  # noqa: F401  (first: sets TensorFlow's log level before it is imported)
-import archives
-import run_dir
-from config import PRESETS, RunOptions, override
+import archives  # imports no TensorFlow
+import helpers  # noqa: F401  (sets TensorFlow's log level before it is imported)
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, override
+from vitcifar.runs import run_dir
 
 
 @pytest.fixture(scope="session")
@@ -33,15 +34,15 @@ def cifar10_tar(tmp_path_factory, cifar10_files):
 def tiny_run(tmp_path_factory, cifar10_tar):
     """(run directory, what training printed) of a finished 2-epoch run on the tiny CIFAR-10
     archive, trained in this process (test_cli.py runs train_cifar10.py itself)."""
-    import cifar_data
-    import devices
-    import training
+    from vitcifar.backend import devices
+    from vitcifar.data import cifar
+    from vitcifar.training import trainer
     out = str(tmp_path_factory.mktemp("viz") / "run")
     config = override(PRESETS["tiny"], epochs=2, batch_size=32, patch_stride=4).validate()
     options = RunOptions(data_dir=cifar10_tar, output_dir=out)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        training.run(config, options, cifar_data.load("cifar10", cifar10_tar),
+        trainer.run(config, options, cifar.load("cifar10", cifar10_tar),
                      devices.detect())
     return out, printed.getvalue()
 

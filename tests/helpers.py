@@ -14,9 +14,9 @@ OWN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
-import checkpoint  # noqa: E402
-import run_dir  # noqa: E402  (after the variables above)
-import visualize  # noqa: E402
+from vitcifar.analysis import figures  # noqa: E402
+from vitcifar.runs import checkpoint  # noqa: E402
+from vitcifar.runs import run_dir  # noqa: E402
 
 # A TensorFlow C++ log line: absl's (TF >= 2.16: "I0000 00:00:17... port.cc:153] ...", and
 # its "WARNING: All log messages before absl::InitializeLog()") or TF 2.10's
@@ -70,9 +70,9 @@ def png_size(path):
 
 
 def expected_size(name, num_classes=10):
-    inches = visualize.confusion_inches(num_classes) if name == run_dir.CONFUSION else \
-        visualize.INCHES[name]
-    return round(inches[0] * visualize.DPI), round(inches[1] * visualize.DPI)
+    inches = figures.confusion_inches(num_classes) if name == run_dir.CONFUSION else \
+        figures.INCHES[name]
+    return round(inches[0] * figures.DPI), round(inches[1] * figures.DPI)
 
 
 def assert_figures(folder, names):

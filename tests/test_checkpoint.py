@@ -7,34 +7,34 @@ import os
 import numpy as np
 import pytest
 
-import checkpoint
-import run_dir
-from checkpoint import RunState, WeightsError
-from config import PRESETS, override
-from errors import RunStopped
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import override
+from vitcifar.errors import RunStopped
+from vitcifar.runs import checkpoint, run_dir
+from vitcifar.runs.checkpoint import RunState, WeightsError
 
 
 @pytest.fixture
 def tiny_model():
-    import training
-    from config import PRESETS
     from vit_model import build_model
+    from vitcifar.config.presets import PRESETS
+    from vitcifar.training import compiled
     model = build_model(PRESETS["tiny"])
-    training.compile_model(model, PRESETS["tiny"])
+    compiled.compile_model(model, PRESETS["tiny"])
     model.fit(np.zeros((4, 32, 32, 3), np.uint8), np.arange(4), verbose=0)
     return model
 
 
 def test_checkpoint_round_trip_restores_weights_optimizer_and_state(tmp_path, tiny_model):
-    import training
-    from config import PRESETS
     from vit_model import build_model
+    from vitcifar.config.presets import PRESETS
+    from vitcifar.training import compiled
     path = str(tmp_path / "checkpoint.npz")
     state = RunState(epochs_done=3, best_val_top1=0.5, best_epoch=2, learning_rate=5e-4,
                      history=[{"epoch": 1, "loss": 2.0}])
     checkpoint.save_checkpoint(path, tiny_model, tiny_model.optimizer, state)
     fresh = build_model(PRESETS["tiny"])
-    training.compile_model(fresh, PRESETS["tiny"])
+    compiled.compile_model(fresh, PRESETS["tiny"])
     assert checkpoint.load_checkpoint(path, fresh, fresh.optimizer) == state
     for a, b in zip(fresh.get_weights(), tiny_model.get_weights()):
         np.testing.assert_array_equal(a, b)
@@ -126,7 +126,8 @@ def test_optimizer_state_is_keyed_by_slot_and_weight_path(name, policy):
     differently again); the portable keys must cover every one, so that a checkpoint
     resumes on the other stack, and with another precision, with its optimizer state."""
     import tensorflow as tf
-    import optimization
+
+    from vitcifar.training import optimization
     tf.keras.mixed_precision.set_global_policy(policy)
     try:
         model = model_of()
@@ -147,7 +148,7 @@ def test_optimizer_state_that_does_not_fit_resumes_with_weights_and_one_warning(
         tmp_path, tiny_model, capsys):
     """A checkpoint whose Adam moments are not this optimizer's (here: left out): the
     weights and the step count are restored, the moments start at 0."""
-    import training
+    from vitcifar.training import compiled
     path = str(tmp_path / "checkpoint.npz")
     checkpoint.save_checkpoint(path, tiny_model, tiny_model.optimizer, RunState(epochs_done=2))
     with np.load(path) as saved:
@@ -155,7 +156,7 @@ def test_optimizer_state_that_does_not_fit_resumes_with_weights_and_one_warning(
     arrays["optimizer/iterations"] = np.asarray(7, arrays["optimizer/iterations"].dtype)
     np.savez(path, **arrays)
     fresh = model_of()
-    training.compile_model(fresh, PRESETS["tiny"])
+    compiled.compile_model(fresh, PRESETS["tiny"])
     assert checkpoint.load_checkpoint(path, fresh, fresh.optimizer).epochs_done == 2
     printed = capsys.readouterr().out
     assert printed.count("\n") == 1 and printed.startswith("warning: the optimizer state in")
@@ -169,11 +170,11 @@ def test_optimizer_state_that_does_not_fit_resumes_with_weights_and_one_warning(
 
 def test_a_damaged_checkpoint_says_damaged_and_one_of_another_model_says_which(
         tmp_path, tiny_model):
-    import training
+    from vitcifar.training import compiled
     path = str(tmp_path / "checkpoint.npz")
     checkpoint.save_checkpoint(path, tiny_model, tiny_model.optimizer, RunState(epochs_done=1))
     other = model_of(embedding_dim=16)
-    training.compile_model(other, PRESETS["tiny"])
+    compiled.compile_model(other, PRESETS["tiny"])
     with pytest.raises(WeightsError, match=r"checkpoint.npz does not fit the model: weights "
                                            r"\d+ of another shape \(vit/patch_proj/kernel"):
         checkpoint.load_checkpoint(path, other, other.optimizer)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import archives
-import cifar_data
-import datasets
-from cifar_data import DataError
+from vitcifar.config import datasets
+from vitcifar.data import cifar
+from vitcifar.data.cifar import DataError
 
 
 def check_matches(data, arrays, names):
@@ -22,7 +22,7 @@ def check_matches(data, arrays, names):
 
 
 def test_cifar10_archive_gives_back_the_images_and_labels_written(cifar10_tar, cifar10_files):
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     check_matches(data, cifar10_files[1], datasets.CIFAR10_CLASSES)
     assert len(data.x_train) == 5 * 40 and len(data.x_test) == 40
 
@@ -31,7 +31,7 @@ def test_cifar10_archive_gives_back_the_images_and_labels_written(cifar10_tar, c
 def test_extracted_folders_are_read_too(tmp_path, cifar100_files, as_parent):
     root = archives.write_folder(str(tmp_path), cifar100_files[0])
     data_dir = root if as_parent else os.path.join(root, "cifar-100-python")
-    data = cifar_data.load("cifar100", data_dir)
+    data = cifar.load("cifar100", data_dir)
     check_matches(data, cifar100_files[1], datasets.CIFAR100_CLASSES)   # fine labels, not coarse
     assert data.y_train.max() >= 20
 
@@ -39,7 +39,7 @@ def test_extracted_folders_are_read_too(tmp_path, cifar100_files, as_parent):
 def test_pixels_are_decoded_from_channel_major_rows(tmp_path):
     files, arrays = archives.archive_files("cifar10", per_batch=2)
     image = arrays["train"][0][0]
-    data = cifar_data.load("cifar10", archives.write_folder(str(tmp_path), files))
+    data = cifar.load("cifar10", archives.write_folder(str(tmp_path), files))
     # the pixel at row 3, column 5 of channel 1 is byte 1*1024 + 3*32 + 5 of the stored row
     stored = pickle.loads(files["cifar-10-batches-py/data_batch_1"], encoding="bytes")[b"data"][0]
     assert data.x_train[0, 3, 5, 1] == stored[1024 + 3 * 32 + 5] == image[3, 5, 1]
@@ -48,9 +48,9 @@ def test_pixels_are_decoded_from_channel_major_rows(tmp_path):
 def test_validation_split_is_seeded_and_disjoint():
     x = np.arange(100)[:, None].repeat(3, 1)
     y = np.arange(100)
-    (tx, ty), (vx, vy) = cifar_data.split_validation(x, y, 0.2, seed=3)
-    (tx2, _), (vx2, _) = cifar_data.split_validation(x, y, 0.2, seed=3)
-    (_, _), (vx3, _) = cifar_data.split_validation(x, y, 0.2, seed=4)
+    (tx, ty), (vx, vy) = cifar.split_validation(x, y, 0.2, seed=3)
+    (tx2, _), (vx2, _) = cifar.split_validation(x, y, 0.2, seed=3)
+    (_, _), (vx3, _) = cifar.split_validation(x, y, 0.2, seed=4)
     assert len(vy) == 20 and len(ty) == 80
     assert set(ty).isdisjoint(vy) and set(ty) | set(vy) == set(range(100))
     np.testing.assert_array_equal(vx, vx2)
@@ -79,7 +79,7 @@ def test_a_crafted_pickle_is_refused_without_running(tmp_path, cifar10_files):
                               tampered(cifar10_files[0], "data_batch_2",
                                        pickle.dumps(batch, protocol=2)))
     with pytest.raises(DataError, match=r"data_batch_2 .* not plain CIFAR data .*system"):
-        cifar_data.load("cifar10", path)
+        cifar.load("cifar10", path)
     assert not marker.exists()
     # the payload really would run under a plain unpickler: the test can fail
     pickle.loads(pickle.dumps(batch, protocol=2))
@@ -89,10 +89,10 @@ def test_a_crafted_pickle_is_refused_without_running(tmp_path, cifar10_files):
 def test_wrong_dataset_archive_is_named(tmp_path, cifar100_files):
     path = archives.write_tar(str(tmp_path / "mine.tar.gz"), cifar100_files[0])
     with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10; pass cifar-10-python.tar.gz .or its folder., or train on CIFAR-100 with train_cifar100.py"):
-        cifar_data.load("cifar10", path)
+        cifar.load("cifar10", path)
     archives.write_folder(str(tmp_path / "dir"), cifar100_files[0])
     with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10"):
-        cifar_data.load("cifar10", str(tmp_path / "dir"))
+        cifar.load("cifar10", str(tmp_path / "dir"))
 
 
 def test_truncated_archive(tmp_path, cifar10_tar):
@@ -100,14 +100,14 @@ def test_truncated_archive(tmp_path, cifar10_tar):
     path = tmp_path / "cut.tar.gz"
     path.write_bytes(payload[: len(payload) // 2])
     with pytest.raises(DataError, match="truncated or not a gzip tar"):
-        cifar_data.load("cifar10", str(path))
+        cifar.load("cifar10", str(path))
 
 
 def test_official_name_with_other_contents_fails_the_checksum(tmp_path, cifar10_tar):
     os.makedirs(tmp_path / "d")
     (tmp_path / "d" / "cifar-10-python.tar.gz").write_bytes(open(cifar10_tar, "rb").read())
     with pytest.raises(DataError, match="not the official cifar-10-python.tar.gz"):
-        cifar_data.load("cifar10", str(tmp_path / "d"))
+        cifar.load("cifar10", str(tmp_path / "d"))
 
 
 @pytest.mark.parametrize("batch, message", [
@@ -122,21 +122,21 @@ def test_malformed_batches(tmp_path, cifar10_files, batch, message):
                               tampered(cifar10_files[0], "test_batch",
                                        pickle.dumps(batch, protocol=2)))
     with pytest.raises(DataError, match=message):
-        cifar_data.load("cifar10", path)
+        cifar.load("cifar10", path)
 
 
 def test_paths_outside_the_folder_are_refused(tmp_path, cifar10_files):
     path = str(tmp_path / "escape.tar.gz")
     archives.write_tar(path, {**cifar10_files[0], "../../etc/evil": b"x"})
     with pytest.raises(DataError, match="outside its folder"):
-        cifar_data.load("cifar10", path)
+        cifar.load("cifar10", path)
 
 
 def test_missing_folder_and_empty_folder(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        cifar_data.load("cifar10", str(tmp_path / "nope"))
+        cifar.load("cifar10", str(tmp_path / "nope"))
     with pytest.raises(DataError, match="no cifar-10-python.tar.gz or cifar-10-batches-py/"):
-        cifar_data.load("cifar10", str(tmp_path))
+        cifar.load("cifar10", str(tmp_path))
 
 
 def test_a_folder_with_one_cifar_archive_under_another_name_uses_it(tmp_path, cifar10_files,
@@ -148,11 +148,11 @@ def test_a_folder_with_one_cifar_archive_under_another_name_uses_it(tmp_path, ci
     with gzip.open(folder / "train-images-idx3-ubyte.gz", "wb") as handle:  # gzip, no tar
         handle.write(b"\x00\x00\x08\x03" + bytes(600))
     (folder / "notes.txt").write_text("x")
-    data = cifar_data.load("cifar10", str(folder))
+    data = cifar.load("cifar10", str(folder))
     check_matches(data, cifar10_files[1], datasets.CIFAR10_CLASSES)
     assert "warning: cifar10 (1).tgz is not named cifar-10-python.tar.gz, so its checksum " \
         "is not checked" in capsys.readouterr().out
-    assert len(cifar_data.load("cifar100", str(folder)).x_test) == len(cifar100_files[1]["test"][0])
+    assert len(cifar.load("cifar100", str(folder)).x_test) == len(cifar100_files[1]["test"][0])
 
 
 def test_several_candidate_archives_are_listed_in_one_line(tmp_path, cifar10_files):
@@ -162,17 +162,17 @@ def test_several_candidate_archives_are_listed_in_one_line(tmp_path, cifar10_fil
     with pytest.raises(DataError, match=r"holds no cifar-10-python.tar.gz but several archives "
                                         r"that may be CIFAR-10: a.tar.gz, b.tgz, c.tar.gz; pass "
                                         r"the one to use as --data-dir .*NAME$"):
-        cifar_data.load("cifar10", str(tmp_path))
+        cifar.load("cifar10", str(tmp_path))
 
 
 def test_a_folder_with_only_the_other_cifar_under_another_name_says_so(tmp_path,
                                                                       cifar100_files):
     archives.write_tar(str(tmp_path / "mine.tgz"), cifar100_files[0])
     with pytest.raises(DataError, match="holds CIFAR-100, not CIFAR-10"):
-        cifar_data.load("cifar10", str(tmp_path))
+        cifar.load("cifar10", str(tmp_path))
     (tmp_path / "mine.tgz").unlink()
     with pytest.raises(DataError, match="or pass the archive file itself as --data-dir"):
-        cifar_data.load("cifar10", str(tmp_path))
+        cifar.load("cifar10", str(tmp_path))
 
 
 def test_offline_without_cached_data_names_data_dir(monkeypatch):
@@ -183,7 +183,7 @@ def test_offline_without_cached_data_names_data_dir(monkeypatch):
                         "cifar-10-python.tar.gz: None -- [Errno -3] name resolution")
     monkeypatch.setattr(tf.keras.datasets.cifar10, "load_data", offline)
     with pytest.raises(DataError, match="could not download CIFAR-10 .* --data-dir"):
-        cifar_data.load("cifar10")
+        cifar.load("cifar10")
 
 
 def test_keras_datasets_path_returns_flat_labels_and_names(monkeypatch):
@@ -192,14 +192,14 @@ def test_keras_datasets_path_returns_flat_labels_and_names(monkeypatch):
     y = np.array([[1], [2], [3], [4]])
     monkeypatch.setattr(tf.keras.datasets.cifar100, "load_data",
                         lambda label_mode: ((x, y), (x, y)) if label_mode == "fine" else None)
-    data = cifar_data.load("cifar100")
+    data = cifar.load("cifar100")
     assert data.y_train.shape == (4,) and data.label_names[:2] == ["apple", "aquarium_fish"]
 
 
 def test_an_archive_that_unpacks_too_large_is_refused(monkeypatch, cifar10_tar):
-    monkeypatch.setattr(cifar_data, "MAX_UNPACKED_BYTES", 4096)
+    monkeypatch.setattr(cifar, "MAX_UNPACKED_BYTES", 4096)
     with pytest.raises(DataError, match="unpacks to more than 0 MB: not a CIFAR archive"):
-        cifar_data.load("cifar10", cifar10_tar)
+        cifar.load("cifar10", cifar10_tar)
 def with_exploit_in_test_batch(files, marker):
     """The test batch (read last) would run code: a loader that stops at the first fault,
     or that executes nothing, never creates the marker."""
@@ -274,10 +274,10 @@ def malformed(kind, tmp_path, files, marker):
     ("labels out of range", "labels outside 0..9"),
 ])
 def test_malformed_archive_is_refused_and_runs_nothing(tmp_path, cifar10_files, kind, message):
-    import cifar_data
+    from vitcifar.data import cifar
     marker = tmp_path / "marker"
-    with pytest.raises(cifar_data.DataError, match=message):
-        cifar_data.load("cifar10", malformed(kind, tmp_path, cifar10_files[0], marker))
+    with pytest.raises(cifar.DataError, match=message):
+        cifar.load("cifar10", malformed(kind, tmp_path, cifar10_files[0], marker))
     assert not marker.exists()
 
 

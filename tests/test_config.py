@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-import config
-from config import PRESETS, Augmentation, RunOptions, TrainConfig, override
-from errors import UsageError
+from vitcifar.config import config_file, settings
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import Augmentation, RunOptions, TrainConfig, override
+from vitcifar.errors import UsageError
 
 
 def test_override_reaches_the_nested_augmentation_and_refuses_unknown_names():
@@ -23,45 +24,45 @@ def test_config_json_round_trips_both_parts():
                           randaugment_n=1)
     options = RunOptions(data_dir="d", output_dir="o", gpu="0,1", distribute="mirrored",
                          xla="off", tensorboard=False)
-    text = json.dumps(config.to_json(experiment, options))
-    assert config.from_json(json.loads(text)) == (experiment, options)
+    text = json.dumps(config_file.to_json(experiment, options))
+    assert config_file.from_json(json.loads(text)) == (experiment, options)
 
 
 def test_a_config_json_of_another_format_is_refused_and_run_options_may_be_missing():
     """A flat dict (no "format") or another format number is refused with what to do; a
     missing run option gets its default, as any run option may change on resuming."""
     flat_values = {k: list(v) if isinstance(v, tuple) else v
-                   for k, v in config.flat(PRESETS["tiny"]).items()}
+                   for k, v in settings.flat(PRESETS["tiny"]).items()}
     with pytest.raises(UsageError, match=r"config.json has no format; this version of the "
                                          r"app reads format 2 only"):
-        config.from_json(flat_values)
-    values = config.to_json(PRESETS["tiny"], RunOptions(gpu="1"))
+        config_file.from_json(flat_values)
+    values = config_file.to_json(PRESETS["tiny"], RunOptions(gpu="1"))
     del values["run"]["distribute"]
-    experiment, options = config.from_json(json.loads(json.dumps(values)))
+    experiment, options = config_file.from_json(json.loads(json.dumps(values)))
     assert experiment == PRESETS["tiny"]
     assert options == RunOptions(gpu="1", distribute="auto")
     values["run"]["gpu"] = 1
     with pytest.raises(UsageError, match=r"--gpu must be a GPU index 0 or more.*got 1$"):
-        config.from_json(values)
+        config_file.from_json(values)
 
 
 def test_unknown_and_missing_keys_are_named_all_at_once():
-    values = config.to_json(PRESETS["sample"], RunOptions())
+    values = config_file.to_json(PRESETS["sample"], RunOptions())
     values["experiment"]["warp_speed"] = 9
     values["run"]["colour"] = "red"
     del values["experiment"]["seed"]
     with pytest.raises(UsageError, match=r"unknown keys colour, warp_speed and missing keys "
                                          r"seed: it was not written by this version"):
-        config.from_json(values, "config.json")
+        config_file.from_json(values, "config.json")
     with pytest.raises(UsageError, match="format 7"):
-        config.from_json({**values, "format": 7})
+        config_file.from_json({**values, "format": 7})
 
 
 def test_resume_differences_leave_out_the_resumable_settings_and_list_every_other():
     saved = PRESETS["sample"]
     wanted = override(saved, epochs=200, learning_rate=1e-4, patience=3, num_layers=4,
                       flip=False)
-    assert config.differences_that_block_resume(saved, wanted) == [
+    assert settings.differences_that_block_resume(saved, wanted) == [
         ("num_layers", 8, 4), ("flip", True, False)]
 
 

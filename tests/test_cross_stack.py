@@ -13,8 +13,8 @@ import sys
 import numpy as np
 import pytest
 
-import run_dir
 from helpers import ROOT, app_environment, assert_figures, run_app
+from vitcifar.runs import run_dir
 
 OTHER = os.environ.get("OTHER_STACK_PYTHON")
 pytestmark = [pytest.mark.slow,

@@ -10,7 +10,8 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 import data_augmentations as aug
 from helpers import random_op
-from config import RANDAUGMENT_OPS, Augmentation
+from vitcifar.config.settings import RANDAUGMENT_OPS, Augmentation
+from vitcifar.ops import pixel_ops
 
 SEED = tf.constant([3, 4])
 
@@ -386,7 +387,7 @@ PIXEL_OPS = {
 @pytest.mark.parametrize("name", PIXEL_OPS)
 def test_pixel_op_is_pil_exactly_with_a_level_per_image(name):
     levels, reference = PIXEL_OPS[name]
-    out, images = pixel_op_batch(getattr(aug, name), levels)
+    out, images = pixel_op_batch(getattr(pixel_ops, name), levels)
     for i, image in enumerate(images):
         for j, level in enumerate(levels):
             np.testing.assert_array_equal(out[i, j], reference(image, level),
@@ -398,13 +399,13 @@ def test_pixel_op_is_pil_exactly_with_a_level_per_image(name):
 def test_pixel_op_cases_pil_leaves_alone():
     images = pixel_test_images()
     flat, low = images[5], images[6]
-    for op in (aug.autocontrast, aug.equalize):           # a flat channel stays
+    for op in (pixel_ops.autocontrast, pixel_ops.equalize):           # a flat channel stays
         np.testing.assert_array_equal(pixel_op_batch(op, (1.0,))[0][5, 0], flat)
-    stretched = pixel_op_batch(aug.autocontrast, (1.0,))[0][6, 0]
+    stretched = pixel_op_batch(pixel_ops.autocontrast, (1.0,))[0][6, 0]
     assert low.min() >= 100 and low.max() <= 115
     assert (stretched.min(axis=(0, 1)) == 0).all() and (stretched.max(axis=(0, 1)) == 255).all()
     # equalize: the low-contrast image spread over (nearly) the whole range too
-    assert np.ptp(pixel_op_batch(aug.equalize, (1.0,))[0][6, 0]) > 200
+    assert np.ptp(pixel_op_batch(pixel_ops.equalize, (1.0,))[0][6, 0]) > 200
 
 
 def test_pixel_op_sharpness_is_pil_within_a_grey_level():
@@ -412,8 +413,8 @@ def test_pixel_op_sharpness_is_pil_within_a_grey_level():
     computes the same blend and leaves it to the final rounding: at most 1 grey level apart,
     equal where the factor is whole (0, 1, 2) and on the border."""
     levels = (-1.0, -0.5, 0.0, 0.3, 0.9, 1.0)                 # factors 0, 0.5, 1, 1.3, 1.9, 2
-    out, images = pixel_op_batch(aug.sharpness, levels)
-    raw, _ = pixel_op_batch(aug.sharpness, levels, raw=True)
+    out, images = pixel_op_batch(pixel_ops.sharpness, levels)
+    raw, _ = pixel_op_batch(pixel_ops.sharpness, levels, raw=True)
     for i, image in enumerate(images):
         smooth = pil(lambda picture: picture.filter(ImageFilter.SMOOTH), image).astype(float)
         for j, level in enumerate(levels):
@@ -444,7 +445,7 @@ def test_pixel_op_level_zero_is_the_identity_bit_for_bit(name):
     and the others change; shape and dtype are kept."""
     images = float_images(6, seed=3)
     level = tf.constant([0.0, PIXEL_OP_LEVELS[name]] * 3)
-    out = getattr(aug, name)(images, level)
+    out = getattr(pixel_ops, name)(images, level)
     assert out.dtype == tf.float32 and out.shape == images.shape
     assert 0.0 <= out.numpy().min() and out.numpy().max() <= 1.0
     for i in range(6):
@@ -453,7 +454,7 @@ def test_pixel_op_level_zero_is_the_identity_bit_for_bit(name):
 
 @pytest.mark.parametrize("name", PIXEL_OP_LEVELS)
 def test_pixel_op_output_depends_on_its_own_image_and_level_only(name):
-    op, strength = getattr(aug, name), PIXEL_OP_LEVELS[name]
+    op, strength = getattr(pixel_ops, name), PIXEL_OP_LEVELS[name]
     images = aug._to_float(tf.constant(pixel_test_images()[:6]))
     level = tf.constant([strength, 0.5 * strength, strength, 0.0, strength, 0.3 * strength])
     out = op(images, level).numpy()
@@ -466,7 +467,7 @@ def test_pixel_op_output_depends_on_its_own_image_and_level_only(name):
 
 @pytest.mark.parametrize("name", PIXEL_OP_LEVELS)
 def test_pixel_op_is_vectorised_in_tf_data_with_unknown_batch_size(name):
-    op = getattr(aug, name)
+    op = getattr(pixel_ops, name)
 
     def augment(batch):
         level = tf.fill([tf.shape(batch)[0]], PIXEL_OP_LEVELS[name])

@@ -1,5 +1,5 @@
 """datasets.py: each dataset's facts agree with one another."""
-from datasets import DATASETS, IMAGE_SIZE, PIXELS
+from vitcifar.config.datasets import DATASETS, IMAGE_SIZE, PIXELS
 
 
 def test_every_dataset_names_each_of_its_classes_once():

@@ -1,19 +1,20 @@
 """devices.py: GPU variables before TensorFlow, detection, where XLA goes."""
 import pytest
 
-import devices
-from errors import UsageError
+from vitcifar.backend import devices
+from vitcifar.errors import UsageError
 
 
 def test_prepare_environment_refuses_to_run_after_tensorflow():
     import tensorflow  # noqa: F401
-    import devices
+
+    from vitcifar.backend import devices
     with pytest.raises(RuntimeError, match="before TensorFlow"):
         devices.prepare_environment(0)
 
 
 def test_a_gpu_asked_for_in_vain_is_said_plainly(monkeypatch, cpu_only_host):
-    import devices
+    from vitcifar.backend import devices
     monkeypatch.setenv("DML_VISIBLE_DEVICES", "0")
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     device = devices.detect()
@@ -23,7 +24,7 @@ def test_a_gpu_asked_for_in_vain_is_said_plainly(monkeypatch, cpu_only_host):
 
 
 def test_xla_only_where_supported():
-    import devices
+    from vitcifar.backend import devices
     cpu, dml = devices.Device("CPU", "cpu"), devices.Device("DirectML", "gpu")
     volta = devices.Device("CUDA", "V100", compute_capability=(7, 0))
     assert [devices.use_xla("auto", d) for d in (cpu, dml, volta)] == [False, False, True]
@@ -33,7 +34,7 @@ def test_xla_only_where_supported():
 
 def test_gpu_flag_warning_names_the_stacks_own_gpu_kind(monkeypatch, cpu_only_host):
     """--gpu sets both variables: the warning must not blame DirectML on a CUDA/CPU stack."""
-    import devices
+    from vitcifar.backend import devices
     monkeypatch.setenv("DML_VISIBLE_DEVICES", "1")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     warning = devices.detect().warning
@@ -48,8 +49,10 @@ def test_directml_without_an_adapter_says_so_and_what_to_check(monkeypatch):
     """On the DirectML stack with no usable adapter (this project's Linux machines: not WSL),
     the banner and --list-devices say so even when no GPU was asked for."""
     import sys
-    import cli
-    from config import PRESETS, RunOptions
+
+    from vitcifar.commands import train as train_command
+    from vitcifar.config.presets import PRESETS
+    from vitcifar.config.settings import RunOptions
     if not devices.directml_plugin_installed():
         pytest.skip("the DirectML stack's behaviour")
     monkeypatch.delenv("DML_VISIBLE_DEVICES", raising=False)
@@ -61,8 +64,8 @@ def test_directml_without_an_adapter_says_so_and_what_to_check(monkeypatch):
     assert "DML_VISIBLE_DEVICES (not set" in device.warning
     if sys.platform != "win32":
         assert devices.WSL_D3D12 in device.warning
-    assert "training on CPU (" in cli.banner(PRESETS["tiny"], RunOptions(), device)
-    assert "; DirectML found no adapter), XLA off" in cli.banner(PRESETS["tiny"], RunOptions(),
+    assert "training on CPU (" in train_command.banner(PRESETS["tiny"], RunOptions(), device)
+    assert "; DirectML found no adapter), XLA off" in train_command.banner(PRESETS["tiny"], RunOptions(),
                                                                  device)
     listing = devices.list_devices().splitlines()
     assert listing[-2].endswith("; DirectML found no adapter)")
@@ -70,7 +73,7 @@ def test_directml_without_an_adapter_says_so_and_what_to_check(monkeypatch):
 
 
 def test_gpu_lists_reach_both_variables_but_not_directml(monkeypatch):
-    import devices
+    from vitcifar.backend import devices
     monkeypatch.setattr(devices, "directml_plugin_installed", lambda: False)
     values = devices.environment_variables("0,1", "none")
     assert values["CUDA_VISIBLE_DEVICES"] == values["DML_VISIBLE_DEVICES"] == "0,1"
@@ -91,7 +94,8 @@ def test_gpu_lists_reach_both_variables_but_not_directml(monkeypatch):
 def test_multi_worker_picks_keras_2_before_tensorflow_starts(monkeypatch, keras_3, tf_keras,
                                                              expected):
     import importlib.util
-    import devices
+
+    from vitcifar.backend import devices
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(devices, "keras_3_installed", lambda: keras_3)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: (

@@ -13,19 +13,17 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import devices
-import input_pipeline
-import op_coverage
-import precision
-import training
-from config import PRESETS
 from vit_model import build_model
+from vitcifar.backend import devices, op_coverage
+from vitcifar.config.presets import PRESETS
+from vitcifar.data import input_pipeline
+from vitcifar.training import compiled, precision
 
 keras = tf.keras
 DIRECTML = devices.directml_plugin_installed()
 needs_directml = pytest.mark.skipif(not DIRECTML,
                                     reason="tensorflow-directml-plugin is not installed")
-# What training.run decides for a DirectML GPU (float32 precision), whatever this box has.
+# What trainer.run decides for a DirectML GPU (float32 precision), whatever this box has.
 DIRECTML_DEVICE = devices.Device("DirectML", "op coverage test")
 
 
@@ -47,13 +45,13 @@ def tiny_datasets(config, images=2):
 @functools.lru_cache(maxsize=None)
 def preset_ops(name, policy=None):
     """{op: {signature}} of the train and test steps of PRESETS[name], built and compiled
-    as training.run does on DirectML (float32, no XLA), or under another Keras `policy`;
+    as trainer.run does on DirectML (float32, no XLA), or under another Keras `policy`;
     traced once per preset, policy and test run."""
     config = PRESETS[name]
     policy = policy or precision.decide("auto", DIRECTML_DEVICE, config).policy
     with precision.policy(policy):
         model = build_model(config)
-        training.compile_model(model, config)
+        compiled.compile_model(model, config)
         return op_coverage.step_op_dtypes(model, *tiny_datasets(config))
 
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 import archives
-import devices
-import distribution
 from helpers import ROOT, saved_epochs
-from errors import UsageError
+from vitcifar.backend import devices
+from vitcifar.errors import UsageError
+from vitcifar.training import distribution
 
 # Keras 2 is there: TF 2.10's own, or tf-keras beside Keras 3 (requirements-multiworker.txt)
 MULTI_WORKER_POSSIBLE = (not devices.keras_3_installed()
@@ -102,17 +102,19 @@ def test_a_workers_own_folder_is_temporary_unless_named(tmp_path, monkeypatch):
 
 MIRRORED_SCRIPT = """
 import sys
-import devices
+from vitcifar.backend import devices
 devices.prepare_environment(None, "mirrored")
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-import cifar_data, distribution, training
-from config import PRESETS, RunOptions, override
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, override
+from vitcifar.data import cifar
+from vitcifar.training import distribution, trainer
 # no randomness but the seeded initial weights and order: dropout and augmentation off
 config = override(PRESETS["tiny"], epochs=2, batch_size=16, dropout=0.0, crop_padding=0,
                   flip=False, randaugment_n=0).validate()
-data = cifar_data.load("cifar10", {tar!r})
+data = cifar.load("cifar10", {tar!r})
 device = devices.detect()
 for kind in ("none", "mirrored"):
     options = RunOptions(data_dir={tar!r}, output_dir={out!r} + "/" + kind, distribute=kind,
@@ -120,7 +122,7 @@ for kind in ("none", "mirrored"):
     plan = distribution.create(options, device)
     print("plan:", plan.describe(config.batch_size), flush=True)
     for epochs in (2, 3):                     # then resumed for a third epoch
-        training.run(override(config, epochs=epochs), options, data, device, cluster=plan)
+        trainer.run(override(config, epochs=epochs), options, data, device, cluster=plan)
 """
 
 

@@ -4,10 +4,11 @@ import io
 
 import pytest
 
-import cifar_data
-import evaluate
-import run_dir
-from config import PRESETS, RunOptions, override
+from vitcifar.commands import evaluate
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, override
+from vitcifar.data import cifar
+from vitcifar.runs import run_dir
 
 
 @pytest.mark.slow
@@ -24,16 +25,16 @@ def test_evaluate_reproduces_the_test_accuracy_in_results_json(tiny_run, cifar10
 def test_a_mixup_run_trains_on_soft_labels_and_evaluates_the_same(tmp_path, cifar10_tar):
     """Soft labels switch the loss and metrics to their categorical forms; evaluate.py must
     encode the test labels the same way."""
-    import devices
-    import training
+    from vitcifar.backend import devices
+    from vitcifar.training import trainer
     config = override(PRESETS["tiny"], epochs=1, batch_size=32, mixup_alpha=0.4,
                       cutmix_alpha=1.0).validate()
     options = RunOptions(data_dir=cifar10_tar, output_dir=str(tmp_path / "mix"))
     with contextlib.redirect_stdout(io.StringIO()):
-        results = training.run(config, options, cifar_data.load("cifar10", cifar10_tar),
+        results = trainer.run(config, options, cifar.load("cifar10", cifar10_tar),
                                devices.detect())
     run = run_dir.open_run(options.output_dir)
-    data = cifar_data.load("cifar10", run.options.data_dir)
+    data = cifar.load("cifar10", run.options.data_dir)
     again = evaluate.evaluate_run(run, data.x_test, data.y_test, batch_size=64)
     assert again["test_top1"] == pytest.approx(results["test_top1"], abs=1e-6)
     assert again["test_loss"] == pytest.approx(results["test_loss"], rel=1e-4)

@@ -10,15 +10,14 @@ import numpy as np
 import pytest
 
 from helpers import ROOT
-import checkpoint
-import cifar_data
-import deployed_model
-import export
-import keras_compat
-import model_export
-import run_dir
-from config import PRESETS, override
-from datasets import CIFAR10_CLASSES
+from vitcifar.backend import keras_compat
+from vitcifar.commands import export
+from vitcifar.config.datasets import CIFAR10_CLASSES
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import override
+from vitcifar.data import cifar
+from vitcifar.deploy import deployed_model, model_export
+from vitcifar.runs import checkpoint, run_dir
 
 # The ONNX operators ONNX Runtime's DirectML execution provider registers at opset 17
 # (onnxruntime/core/providers/dml/DmlExecutionProvider/src/Operators/OperatorRegistration.cpp)
@@ -233,7 +232,7 @@ def test_exported_run_reproduces_its_test_top1_on_onnx_runtime(tiny_run, cifar10
     path = str(tmp_path / "model.onnx")
     assert export.main([tiny_run[0], "--output", path]) == 0
     assert "logits differ from Keras's by at most" in capsys.readouterr().out
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     deployed = deployed_model.open_model(path)
     logits = deployed.run(data.x_test)["logits"]
     np.testing.assert_allclose(logits, keras_logits(tiny_run[0], data.x_test), atol=TOLERANCE,

@@ -3,11 +3,11 @@ it records."""
 import pytest
 import tensorflow as tf
 
-import fit_loop
-import training
-from checkpoint import RunState
-from config import PRESETS, override
 from vit_model import build_model
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import override
+from vitcifar.runs.checkpoint import RunState
+from vitcifar.training import compiled, fit_loop
 
 keras = tf.keras
 
@@ -18,7 +18,7 @@ def bookkeeper_of(tmp_path):
     def make(**settings):
         config = override(PRESETS["tiny"], **settings)
         model = build_model(config)
-        training.compile_model(model, config)
+        compiled.compile_model(model, config)
         keeper = fit_loop.Bookkeeper(config, RunState(learning_rate=config.learning_rate),
                                      str(tmp_path))
         keeper.set_model(model)

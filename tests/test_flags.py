@@ -2,9 +2,10 @@
 import pytest
 
 from helpers import run_app
-import flags
-from config import PRESETS, RunOptions, TrainConfig, override
-from errors import UsageError
+from vitcifar.config import flags
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, TrainConfig, override
+from vitcifar.errors import UsageError
 
 
 def test_flags_override_the_preset_and_cover_every_field():
@@ -80,7 +81,8 @@ def test_abbreviated_flags_are_refused_and_unknown_ones_get_the_nearest_name():
 
 def test_every_setting_of_the_experiment_and_the_run_options_is_a_flag():
     import dataclasses
-    from config import leaf_fields
+
+    from vitcifar.config.settings import leaf_fields
     help_text = flags.build_train_parser("cifar10").format_help()
     names = [f.name for f in leaf_fields() + list(dataclasses.fields(RunOptions))
              if f.metadata.get("cli", True)]

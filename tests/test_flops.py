@@ -1,8 +1,10 @@
 """flops.py: the FLOP count against a hand count, and its command."""
 import re
 
-import flops
-from config import PRESETS, TrainConfig
+from vitcifar.analysis import flops
+from vitcifar.commands import flops as flops_command
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import TrainConfig
 
 
 def test_flops_match_a_hand_count():
@@ -24,10 +26,10 @@ def test_flops_match_a_hand_count():
 
 
 def test_flops_script_prints_the_sample_count(capsys):
-    assert flops.main([]) == 0
+    assert flops_command.main([]) == 0
     out = capsys.readouterr().out
     assert re.search(r"^forward +60\.50 MFLOP per image$", out, re.M)
     assert re.search(r"^training step +181\.49 MFLOP per image \(3x forward\)$", out, re.M)
-    assert flops.main(["--preset", "huge"]) == 2
+    assert flops_command.main(["--preset", "huge"]) == 2
     assert capsys.readouterr().err.startswith("error: argument --preset: invalid choice")
 

@@ -5,10 +5,11 @@ import tensorflow as tf
 
 import data_augmentations as aug
 from helpers import random_op
-import input_pipeline
-import training
-from config import PRESETS, Augmentation, TrainConfig, override
 from vit_model import build_model
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import Augmentation, TrainConfig, override
+from vitcifar.data import input_pipeline
+from vitcifar.training import compiled
 
 
 def label_coded_images(n):
@@ -128,7 +129,7 @@ def test_soft_labels_train_and_evaluate_under_the_same_metric_names():
         assert val.element_spec[1].shape.as_list() == ([None] if classes is None
                                                        else [None, 10])
         model = build_model(config)
-        training.compile_model(model, config)
+        compiled.compile_model(model, config)
         train = input_pipeline.train_dataset(
             images, labels, 16, input_pipeline.make_augment(config.augmentation, classes),
             0, 0, 1)
@@ -140,7 +141,7 @@ def test_soft_labels_train_and_evaluate_under_the_same_metric_names():
 
 
 def test_seed_zero_works_when_keras_has_set_the_global_seed():
-    """training.run calls keras.utils.set_random_seed(--seed) first; TF's global seed 0 once
+    """trainer.run calls keras.utils.set_random_seed(--seed) first; TF's global seed 0 once
     broke a shuffle seeded from a tensor."""
     tf.keras.utils.set_random_seed(0)
     images, labels = label_coded_images(20)

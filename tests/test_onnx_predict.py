@@ -11,11 +11,10 @@ import pytest
 from PIL import Image
 
 from helpers import ROOT, run_app
-import deployed_model
-import export
-import onnx_predict
-import prediction_io
-from datasets import CIFAR10_CLASSES
+from vitcifar.commands import export, onnx_predict
+from vitcifar.config.datasets import CIFAR10_CLASSES
+from vitcifar.data import prediction_io
+from vitcifar.deploy import deployed_model
 
 
 def write_images(folder):

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import checkpoint
-import optimization
-from checkpoint import RunState
-from keras_compat import KERAS_3
-from optimization import WarmupCosine, build_optimizer, learning_rate_schedule
 from vit_model import VisionTransformer
+from vitcifar.backend.keras_compat import KERAS_3
+from vitcifar.runs import checkpoint
+from vitcifar.runs.checkpoint import RunState
+from vitcifar.training import optimization
+from vitcifar.training.optimization import WarmupCosine, build_optimizer, learning_rate_schedule
 
 keras = tf.keras
 DIRECTML_MISSING_KERNELS = {"Einsum", "ImageProjectiveTransformV3", "ResourceApplyAdamW",

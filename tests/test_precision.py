@@ -9,11 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-import devices
-import precision
-from config import PRESETS, RunOptions, override
-from errors import UsageError
 from helpers import ROOT, app_environment
+from vitcifar.backend import devices
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, override
+from vitcifar.errors import UsageError
+from vitcifar.training import precision
 
 CPU = devices.Device("CPU", "x86_64 CPU, 2 threads")
 DIRECTML = devices.Device("DirectML", "Radeon")
@@ -142,8 +143,9 @@ def test_refused_bfloat16_is_one_error_line_exit_2_before_anything_is_written(tm
     (run / "keep.txt").write_text("saved")
     args = ["--preset", "tiny", "--output-dir", str(run), "--data-dir",
             str(tmp_path / "nowhere"), "--mixed-precision", "bfloat16"]
-    probe = ("import sys, precision; precision.cpu_bf16_features = lambda: (); import cli; "
-             f"sys.exit(cli.main('cifar10', {args!r}))")
+    probe = ("import sys; from vitcifar.training import precision; "
+             "precision.cpu_bf16_features = lambda: (); from vitcifar.commands import train; "
+             f"sys.exit(train.main('cifar10', {args!r}))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             env=app_environment({"CUDA_VISIBLE_DEVICES": "-1",
                                                  "DML_VISIBLE_DEVICES": "-1"}),
@@ -165,14 +167,14 @@ def test_the_measurement_times_a_real_block_and_gives_a_ratio():
 
 
 def _train(tar, out, epochs, setting):
-    import cifar_data
-    import training
+    from vitcifar.data import cifar
+    from vitcifar.training import trainer
     config = override(PRESETS["tiny"], epochs=epochs, batch_size=32).validate()
     options = RunOptions(data_dir=tar, output_dir=str(out), mixed_precision=setting,
                          tensorboard=False)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), precision.policy(precision.FLOAT32):
-        training.run(config, options, cifar_data.load("cifar10", tar), devices.detect())
+        trainer.run(config, options, cifar.load("cifar10", tar), devices.detect())
     return json.loads((out / "results.json").read_text()), printed.getvalue()
 
 
@@ -187,8 +189,8 @@ def test_a_run_resumes_and_evaluates_in_the_other_precision(tmp_path, cifar10_ta
         precision.check(precision.BFLOAT16, devices.detect())
     except UsageError as error:
         pytest.skip(f"this host cannot run bfloat16: {error}")
-    import evaluate
-    import run_dir
+    from vitcifar.commands import evaluate
+    from vitcifar.runs import run_dir
     out = tmp_path / "run"
     results, _ = _train(cifar10_tar, out, 1, first)
     with np.load(out / run_dir.CHECKPOINT) as saved:

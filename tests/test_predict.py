@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from helpers import CPP_LOG, run_app
-import datasets
-import predict
-import run_dir
+from vitcifar.commands import predict
+from vitcifar.config import datasets
+from vitcifar.runs import run_dir
 
 
 @pytest.mark.slow

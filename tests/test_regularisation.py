@@ -6,13 +6,15 @@ import os
 
 import pytest
 
-import flags
-import resume
-from config import (PRESETS, RULE_SETTINGS, RunOptions, flat, override, regularisation_rule,
-                    regularisation_strength, regularised, to_json)
-from errors import UsageError
 from helpers import run_app
 from tests import archives
+from vitcifar.config import flags
+from vitcifar.config.config_file import to_json
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.regularisation import regularisation_rule, regularisation_strength, regularised
+from vitcifar.config.settings import RULE_SETTINGS, RunOptions, flat, override
+from vitcifar.errors import UsageError
+from vitcifar.runs import resume
 
 FAST = dataclasses.replace(PRESETS["fast"], dataset="cifar10")
 
@@ -140,16 +142,16 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar)
     import contextlib
     import io
 
-    import cifar_data
-    import devices
-    import training
-    from run_dir import read_config
+    from vitcifar.backend import devices
+    from vitcifar.data import cifar
+    from vitcifar.runs.run_dir import read_config
+    from vitcifar.training import trainer
     config = override(PRESETS["tiny"], batch_size=32, epochs=50, lr_schedule="cosine",
                       warmup_epochs=5, time_budget=0.25, regularisation="auto")
     options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
-        results = training.run(config, options, data, devices.detect())
+        results = trainer.run(config, options, data, devices.detect())
     planned = results["time_budget_plan"]["epochs"]
     assert f"Regularisation auto, for {planned} epochs" in printed.getvalue()
     assert results["regularisation"] == {"epochs": planned, "given_as_flags": [],
@@ -157,5 +159,5 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar)
     saved, _ = read_config(options.output_dir)      # tiny's label smoothing 0 became 0.1
     assert saved.regularisation_epochs == planned and saved.label_smoothing == 0.1
     with contextlib.redirect_stdout(io.StringIO()):
-        again = training.run(override(config, epochs=80), options, data, devices.detect())
+        again = trainer.run(override(config, epochs=80), options, data, devices.detect())
     assert again["regularisation"] == results["regularisation"]

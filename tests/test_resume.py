@@ -5,10 +5,11 @@ import os
 
 import pytest
 
-import resume
-import run_dir
-from config import PRESETS, RunOptions, override, to_json
-from errors import UsageError
+from vitcifar.config.config_file import to_json
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, override
+from vitcifar.errors import UsageError
+from vitcifar.runs import resume, run_dir
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import time
 
 import pytest
 
-import run_dir
-from config import PRESETS, RunOptions, to_json
-from errors import UsageError
 from helpers import ROOT
-
+from vitcifar.config.config_file import to_json
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions
+from vitcifar.errors import UsageError
+from vitcifar.runs import run_dir
 
 # --- the lock ------------------------------------------------------------------------------
 
@@ -32,7 +33,7 @@ def test_the_lock_of_a_killed_process_is_free_at_once(tmp_path):
     folder = str(tmp_path / "run")
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; "
-         "import run_dir; run_dir.RunLock(sys.argv[1]).acquire(); print('held', flush=True); "
+         "from vitcifar.runs import run_dir; run_dir.RunLock(sys.argv[1]).acquire(); print('held', flush=True); "
          "time.sleep(300)", folder], stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"

@@ -4,9 +4,9 @@ import dataclasses
 
 import pytest
 
-import time_budget
-from checkpoint import RunState
-from time_budget import BUDGET_SHARE, Plan
+from vitcifar.runs import time_budget
+from vitcifar.runs.checkpoint import RunState
+from vitcifar.runs.time_budget import BUDGET_SHARE, Plan
 
 
 def planned(minutes=1.0, spent=0.0, rate=4.0, epoch_end=0.0, batch=1, steps=20,

@@ -18,17 +18,16 @@ import pytest
 import tensorflow as tf
 
 import archives
-import checkpoint
-import cifar_data
-import devices
-import fit_loop
-import resume
-import run_dir
-import training
 from helpers import CPP_LOG, ROOT, app_environment, run_app, saved_epochs
-from config import PRESETS, RunOptions, override, to_json
-from errors import RunStopped
 from vit_model import build_model
+from vitcifar.backend import devices
+from vitcifar.config.config_file import to_json
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import RunOptions, override
+from vitcifar.data import cifar
+from vitcifar.errors import RunStopped
+from vitcifar.runs import checkpoint, resume, run_dir
+from vitcifar.training import compiled, fit_loop, trainer, workers
 
 keras = tf.keras
 
@@ -210,9 +209,9 @@ def test_restart_starts_over(tmp_path, slow_tar):
 def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_best_checkpoint(tmp_path, cifar10_tar):
     config = override(PRESETS["tiny"], epochs=2, batch_size=16)
     options = RunOptions(data_dir=cifar10_tar, output_dir=str(tmp_path / "run"))
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     device = devices.detect()
-    training.run(config, options, data, device)
+    trainer.run(config, options, data, device)
     best = tmp_path / "run" / "best.weights.npz"
     digest, mtime = hashlib.sha256(best.read_bytes()).hexdigest(), best.stat().st_mtime_ns
 
@@ -220,7 +219,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_best_checkpoint(tmp_pa
     with pytest.raises(RunStopped, match=r"NaN or infinite at epoch 3, step \d+.*best "
                                          r"checkpoint \(epoch \d\) is unchanged.*lower "
                                          r"--learning-rate") as stopped:
-        training.run(diverging, options, data, device)
+        trainer.run(diverging, options, data, device)
     assert stopped.value.exit_code == 1
     assert hashlib.sha256(best.read_bytes()).hexdigest() == digest
     assert best.stat().st_mtime_ns == mtime
@@ -235,16 +234,16 @@ def test_a_crash_between_checkpoint_and_best_weights_is_repaired_on_resume(tmp_p
     the resumed run rewrites the best weights from the checkpoint."""
     config = override(PRESETS["tiny"], epochs=1, batch_size=16)
     options = RunOptions(data_dir=cifar10_tar, output_dir=str(tmp_path / "run"))
-    data = cifar_data.load("cifar10", cifar10_tar)
-    training.run(config, options, data, devices.detect())
+    data = cifar.load("cifar10", cifar10_tar)
+    trainer.run(config, options, data, devices.detect())
     out = tmp_path / "run"
     (out / "best.weights.npz").unlink()                     # as if killed before writing it
     (out / "results.json").unlink()
-    results = training.run(config, options, data, devices.detect())
+    results = trainer.run(config, options, data, devices.detect())
     restored = build_model(config)
     checkpoint.load_weights(restored, str(out / "best.weights.npz"))
     from_checkpoint = build_model(config)
-    training.compile_model(from_checkpoint, config)
+    compiled.compile_model(from_checkpoint, config)
     checkpoint.load_checkpoint(str(out / "checkpoint.npz"), from_checkpoint,
                                from_checkpoint.optimizer)
     for a, b in zip(restored.get_weights(), from_checkpoint.get_weights()):
@@ -307,7 +306,7 @@ def test_mixed_precision_model_trains_with_float32_logits_weights_and_optimizer(
     tf.keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model(PRESETS["tiny"])
-        training.compile_model(model, PRESETS["tiny"])
+        compiled.compile_model(model, PRESETS["tiny"])
         x = np.random.default_rng(0).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
         history = model.fit(x, np.arange(8) % 10, epochs=2, verbose=0)
         assert model(x).dtype == tf.float32
@@ -332,7 +331,7 @@ def train(config, jit_compile=False, steps_per_execution=1):
     """Four Adam steps on fixed batches from fixed initial weights; (losses, weights)."""
     keras.utils.set_random_seed(7)
     model = build_model(config)
-    training.compile_model(model, config, jit_compile=jit_compile,
+    compiled.compile_model(model, config, jit_compile=jit_compile,
                            steps_per_execution=steps_per_execution)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
@@ -366,7 +365,7 @@ def test_optional_speed_settings_train_to_the_same_loss(setting):
 
 def quiet_run(config, options, data):
     with contextlib.redirect_stdout(io.StringIO()):
-        return training.run(config, options, data, devices.detect())
+        return trainer.run(config, options, data, devices.detect())
 
 
 @pytest.mark.slow
@@ -374,7 +373,7 @@ def test_a_resumed_cosine_run_follows_the_rates_of_an_uninterrupted_one(tmp_path
                                                                        monkeypatch):
     config = override(PRESETS["tiny"], epochs=3, batch_size=32, lr_schedule="cosine",
                       warmup_epochs=1, optimizer="adamw", weight_decay=0.05)
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     whole = RunOptions(output_dir=str(tmp_path / "whole"), tensorboard=False)
     quiet_run(config, whole, data)
     split = RunOptions(output_dir=str(tmp_path / "split"), tensorboard=False)
@@ -401,7 +400,7 @@ def test_a_resumed_cosine_run_follows_the_rates_of_an_uninterrupted_one(tmp_path
 def test_a_new_learning_rate_given_on_resume_replaces_the_rate(tmp_path, cifar10_tar):
     config = override(PRESETS["tiny"], epochs=1, batch_size=32)
     options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     quiet_run(config, options, data)
     quiet_run(override(config, epochs=2, learning_rate=2.5e-4), options, data)
     assert [float(r["learning_rate"]) for r in history(options.output_dir)] == \
@@ -413,10 +412,10 @@ def test_a_time_budget_plans_the_epochs_and_a_resumed_run_keeps_the_plan(tmp_pat
     config = override(PRESETS["tiny"], batch_size=32, epochs=50, lr_schedule="cosine",
                       warmup_epochs=5, time_budget=0.25)
     options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
-    data = cifar_data.load("cifar10", cifar10_tar)
+    data = cifar.load("cifar10", cifar10_tar)
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        results = training.run(config, options, data, devices.detect())
+        results = trainer.run(config, options, data, devices.detect())
     plan = results["time_budget_plan"]
     assert "Time budget 0.25 min" in printed.getvalue()
     assert plan["budget_minutes"] == 0.25 and plan["epochs"] >= 1
@@ -456,7 +455,7 @@ def test_a_tiny_run_learns_far_above_chance(tmp_path):
                       lr_schedule="cosine", warmup_epochs=1, learning_rate=3e-3)
     results = quiet_run(config, RunOptions(output_dir=str(tmp_path / "run"),
                                            tensorboard=False),
-                        cifar_data.load("cifar10", archive))
+                        cifar.load("cifar10", archive))
     assert results["test_top1"] >= 0.5, results["test_top1"]
 
 
@@ -489,10 +488,10 @@ def test_a_tensorflow_op_error_is_cut_to_the_line_that_says_what_happened():
         "recent call last):\n    File \"train.py\", line 32, in <module>\n      model.fit()\n"
         "Node: 'Adam/CollectiveReduceV2'\nCollective ops is aborted by: failed to connect to "
         "all addresses\nAdditional GRPC error information\n\t [[{{node x}}]]"))
-    assert training.tensorflow_cause(graph) == ("Collective ops is aborted by: failed to "
+    assert workers.tensorflow_cause(graph) == ("Collective ops is aborted by: failed to "
                                                 "connect to all addresses")
     eager = tf.errors.UnavailableError(None, None, (
         "{{function_node __wrapped__CollectiveBcastSend_device_/job:worker/replica:0/task:0/"
         "device:CPU:0}} Collective ops is aborted by: task 1 is down [Op:CollectiveBcastSend]"))
-    assert training.tensorflow_cause(eager) == ("Collective ops is aborted by: task 1 is down "
+    assert workers.tensorflow_cause(eager) == ("Collective ops is aborted by: task 1 is down "
                                                 "[Op:CollectiveBcastSend]")

@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import op_coverage
-import precision
 import vit_model
-from config import PRESETS, TrainConfig
 from vit_model import (ClassToken, DropPath, MultiHeadSelfAttention, PatchExtractor,
                        TransformerBlock, VisionTransformer, build_model)
+from vitcifar.backend import op_coverage
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import TrainConfig
+from vitcifar.training import precision
 
 keras = tf.keras
 RNG = np.random.default_rng(0)

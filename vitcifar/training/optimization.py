@@ -45,8 +45,8 @@ from typing import Optional, Union
 
 import tensorflow as tf
 
-from config import OPTIMIZERS
-from keras_compat import KERAS_3, register
+from vitcifar.backend.keras_compat import KERAS_3, register
+from vitcifar.config.settings import OPTIMIZERS
 
 keras = tf.keras
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule

@@ -34,10 +34,10 @@ import time
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-import devices
-from config import TrainConfig, patch_grid_side
-from datasets import IMAGE_SIZE
-from errors import UsageError
+from vitcifar.backend import devices
+from vitcifar.config.datasets import IMAGE_SIZE
+from vitcifar.config.settings import TrainConfig, patch_grid_side
+from vitcifar.errors import UsageError
 
 FLOAT32, FLOAT16, BFLOAT16 = "float32", "mixed_float16", "mixed_bfloat16"   # Keras policies
 NAMES = {FLOAT32: "float32", FLOAT16: "mixed float16", BFLOAT16: "mixed bfloat16"}
@@ -164,7 +164,7 @@ def _shown(device: devices.Device) -> str:
 
 
 def _keras_version() -> str:
-    from keras_compat import keras_version            # imports TensorFlow
+    from vitcifar.backend.keras_compat import keras_version
     return keras_version()
 
 
@@ -256,6 +256,7 @@ def _block_step(name: str, batch, tokens, width, heads, mlp, dropout, attention_
     """A tf.function: one training-mode forward and backward pass of a fresh block built
     under the policy `name`, on a fixed input (drawn without the global seed)."""
     import tensorflow as tf
+
     from vit_model import TransformerBlock
     with policy(name):
         block = TransformerBlock(width, heads, mlp, dropout, drop_path=drop_path,

@@ -208,6 +208,7 @@ def fuse(model):
     docstring says."""
     import onnx
     from onnx import numpy_helper
+
     # data_prop: onnx 1.12 (the DirectML stack) infers a Reshape's output rank from a shape
     # computed by Shape -> Gather -> Concat only with it; the ranks decide what matches
     model = onnx.shape_inference.infer_shapes(model, data_prop=True)

@@ -13,9 +13,10 @@ import os
 import platform
 import sys
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Callable, Dict, List, Optional
 
-from errors import UsageError
+from vitcifar.config.flags import verbose_requested
+from vitcifar.errors import UsageError
 
 GPU_VARIABLES = ("DML_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES")
 
@@ -41,6 +42,14 @@ def prepare_environment(gpu: Optional[str], distribute: str = "none",
         if not any(isinstance(finder, _QuietStart) for finder in sys.meta_path):
             sys.meta_path.insert(0, _QuietStart())
 
+
+
+def run_command(main: Callable[[Optional[List[str]]], int]) -> int:
+    """A command that opens a saved run, as a process: the GPU variables as set and a quiet
+    TensorFlow (unless --verbose is among its arguments) prepared before `main` imports
+    TensorFlow; returns main's exit code."""
+    prepare_environment(None, verbose=verbose_requested(sys.argv[1:]))
+    return main(None)
 
 @contextlib.contextmanager
 def _stderr_discarded():
@@ -215,7 +224,7 @@ def use_xla(setting: str, device: Device) -> bool:
 def versions() -> dict:
     import tensorflow as tf
 
-    from keras_compat import keras_version
+    from vitcifar.backend.keras_compat import keras_version
     return {"tensorflow_version": tf.__version__, "keras_version": keras_version(),
             "python_version": platform.python_version()}
 

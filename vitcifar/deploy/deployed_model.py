@@ -18,7 +18,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from errors import UsageError, first_line
+from vitcifar.errors import UsageError, first_line
 
 INPUT = "images"
 LOGITS, PROBABILITIES = "logits", "probabilities"

@@ -16,14 +16,17 @@ import subprocess
 import sys
 from typing import Dict, Optional, Tuple
 
-import checkpoint
-import run_dir
-from checkpoint import RunState
-from config import PRESETS, RunOptions, TrainConfig, differences_that_block_resume, \
-    listed_differences, noting_given, override, to_json, with_choice_of
-from errors import UsageError
-from flags import split_settings
-from run_dir import CHECKPOINT, CONFIG, read_config
+from vitcifar.config.config_file import to_json
+from vitcifar.config.flags import split_settings
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.regularisation import noting_given, with_choice_of
+from vitcifar.config.settings import (RunOptions, TrainConfig, differences_that_block_resume,
+                                      listed_differences, override)
+from vitcifar.errors import UsageError
+from vitcifar.runs import checkpoint, run_dir
+from vitcifar.runs.checkpoint import RunState
+from vitcifar.runs.run_dir import CHECKPOINT, CONFIG, read_config
+
 
 def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, object],
                     preset: Optional[str] = None) -> Optional[Tuple[TrainConfig, RunOptions]]:

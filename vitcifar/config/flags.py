@@ -11,10 +11,12 @@ import re
 import typing
 from typing import Dict, List, Optional, Tuple
 
-from config import (PRESETS, Augmentation, RunOptions, TrainConfig, flag_name, flat,
-                    leaf_fields, noting_given, override)
-from datasets import DATASETS
-from errors import UsageError
+from vitcifar.config.datasets import DATASETS
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.regularisation import noting_given
+from vitcifar.config.settings import (Augmentation, RunOptions, TrainConfig, flag_name, flat,
+                                      leaf_fields, override)
+from vitcifar.errors import UsageError
 
 
 class Parser(argparse.ArgumentParser):

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 import data_augmentations
-from config import Augmentation, TrainConfig
+from vitcifar.config.settings import Augmentation, TrainConfig
 
 AUTOTUNE = tf.data.AUTOTUNE
 # images (B, 32, 32, 3) uint8, labels (B,), seed [2] int -> (images, labels); the labels

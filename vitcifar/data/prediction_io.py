@@ -19,8 +19,8 @@ from typing import List
 
 import numpy as np
 
-from datasets import IMAGE_SIZE
-from errors import UsageError
+from vitcifar.config.datasets import IMAGE_SIZE
+from vitcifar.errors import UsageError
 
 FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")

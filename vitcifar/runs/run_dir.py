@@ -37,8 +37,9 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from config import RunOptions, TrainConfig, from_json
-from errors import RunStopped, UsageError
+from vitcifar.config.config_file import from_json
+from vitcifar.config.settings import RunOptions, TrainConfig
+from vitcifar.errors import RunStopped, UsageError
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.npz"

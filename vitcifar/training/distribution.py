@@ -41,9 +41,9 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-import devices
-from config import RunOptions
-from errors import UsageError
+from vitcifar.backend import devices
+from vitcifar.config.settings import RunOptions
+from vitcifar.errors import UsageError
 
 WORKER_DIR_VARIABLE = "VIT_WORKER_DIR"
 # tf.distribute's public names (MultiWorkerMirroredStrategy's class is called
@@ -138,6 +138,7 @@ def create(options: RunOptions, device: devices.Device) -> Plan:
     anything else runs on TensorFlow: MultiWorkerMirroredStrategy must be created first (it
     configures the runtime), and waits here until every worker of TF_CONFIG has started."""
     import tensorflow as tf
+
     # physical, not logical, devices: listing those would start the runtime, after which
     # MultiWorkerMirroredStrategy can no longer configure it
     kind = resolve(options.distribute, device, len(tf.config.list_physical_devices("GPU")))

@@ -15,14 +15,12 @@ from contextlib import contextmanager
 import numpy as np
 import tensorflow as tf
 
-import checkpoint
-import input_pipeline
-import optimization
-import run_dir
-import time_budget
-from checkpoint import RunState
-from config import RunOptions, TrainConfig
-from time_budget import CALIBRATION_STEPS, CALIBRATION_WARMUP_STEPS
+from vitcifar.config.settings import RunOptions, TrainConfig
+from vitcifar.data import input_pipeline
+from vitcifar.runs import checkpoint, run_dir, time_budget
+from vitcifar.runs.checkpoint import RunState
+from vitcifar.runs.time_budget import CALIBRATION_STEPS, CALIBRATION_WARMUP_STEPS
+from vitcifar.training import optimization
 
 keras = tf.keras
 LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 from typing import Callable, List, Optional, Tuple
 
-import devices
-import distribution
-import precision
-import resume
-from config import RunOptions, TrainConfig, flag_name
-from errors import entry_point
-from flags import build_train_parser, configs_from_args, given_settings
+from vitcifar.backend import devices
+from vitcifar.config.flags import build_train_parser, configs_from_args, given_settings
+from vitcifar.config.settings import RunOptions, TrainConfig, flag_name
+from vitcifar.errors import entry_point
+from vitcifar.runs import resume
+from vitcifar.training import distribution, precision
 
 
 def start_tool(parse: Callable, argv: Optional[List[str]]
@@ -51,10 +50,10 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     for warning in (device.warning, distribution.warning(options)):
         if warning:
             print(f"warning: {warning}")
-    import cifar_data
-    import training
-    data = cifar_data.load(config.dataset, options.data_dir)
-    training.run(config, options, data, device, restart=getattr(args, "restart", False),
+    from vitcifar.data import cifar
+    from vitcifar.training import trainer
+    data = cifar.load(config.dataset, options.data_dir)
+    trainer.run(config, options, data, device, restart=getattr(args, "restart", False),
                  cluster=cluster)
     return 0
 

@@ -22,8 +22,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from datasets import DATASETS, DOWNLOAD_PAGE, PIXELS, Dataset
-from errors import UsageError, first_line
+from vitcifar.config.datasets import DATASETS, DOWNLOAD_PAGE, PIXELS, Dataset
+from vitcifar.errors import UsageError, first_line
 
 # The official archives unpack to about 180 MB; a renamed archive is not checksummed, so
 # reading stops here rather than filling memory with a decompression bomb.

@@ -32,13 +32,13 @@ from typing import Dict
 import numpy as np
 import tensorflow as tf
 
-import deployed_model
-import keras_compat
-import onnx_fusion
-from config import PRESETS, TrainConfig
-from datasets import IMAGE_SIZE
-from deployed_model import INPUT, LOGITS, PROBABILITIES
 from vit_model import build_model
+from vitcifar.backend import keras_compat
+from vitcifar.config.datasets import IMAGE_SIZE
+from vitcifar.config.presets import PRESETS
+from vitcifar.config.settings import TrainConfig
+from vitcifar.deploy import deployed_model, onnx_fusion
+from vitcifar.deploy.deployed_model import INPUT, LOGITS, PROBABILITIES
 
 keras = tf.keras
 OPSET = 17                  # LayerNormalization's opset; DirectML and Windows ML run it
@@ -151,8 +151,7 @@ def to_tflite(model) -> bytes:
     Converted from a SavedModel of the serving function with its variables made constants:
     TF 2.21's converter keeps a Keras 3 model's variables as resource variables, which its
     own interpreter then reads as NaN."""
-    from tensorflow.python.framework.convert_to_constants import \
-        convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
     serve = serving_function(model).get_concrete_function()
     frozen = convert_variables_to_constants_v2(serve)
 

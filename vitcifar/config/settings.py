@@ -1,4 +1,4 @@
-"""The typed configuration of a run, its named presets, and their validation.
+"""The typed settings of a run and their validation.
 
 A run has two parts, kept apart so that resuming compares only what decides the result:
   TrainConfig   the experiment: data split, model, optimisation, augmentation (one nested
@@ -8,90 +8,21 @@ A run has two parts, kept apart so that resuming compares only what decides the 
                 precision, steps per execution, TensorBoard. Any of it may change when a
                 run is resumed.
 Every field of both is a command-line flag, --field-name (flags.py generates them), and
-config.json stores both (`to_json` / `from_json`).
+config.json stores both (config_file.py). The presets are in presets.py, the rule of
+regularisation "auto" in regularisation.py.
 
 This module imports no TensorFlow: flags are parsed and checked, and the GPU is chosen,
 before TensorFlow is imported (DML_VISIBLE_DEVICES is only read at import time).
 
-Presets
--------
-Each preset is a TrainConfig; every flag given on top overrides it. CIFAR accuracies below
-are the sources' own: CIFAR cannot be downloaded on this project's machines, so none of them
-has been reproduced here (benchmarks/README.md has what was measured, on what).
-
-``sample`` (the default): the seed sample's model and schedule::
-
-    python train_cifar10.py                      # = --preset sample
-
-  A 0.6 M-parameter ViT (4x4 patches -> 64 tokens + a class token, 8 blocks of width 64,
-  MLP head 512-256), Adam 1e-3 halved after 10 epochs without a better validation top-1,
-  batch 512, up to 100 epochs; crop, flip and RandAugment 2/9. No published accuracy.
-
-``fast``: the best accuracy in a short, fixed time that benchmarks/time_to_accuracy.py
-found on this project's 2-core CPU (Fashion-MNIST packed as CIFAR-10, the only real images
-here; figures in benchmarks/README.md)::
-
-    python train_cifar10.py --preset fast         # 3 minutes of training
-    python train_cifar10.py --preset fast --time-budget 15
-
-  Measured: 87.1% test top-1 (range 87.0-87.2%) after 179 s (172-187 s) of training,
-  2 seeds, `python -m benchmarks.time_to_accuracy --preset fast --seeds 2` (current stack,
-  2-core x86_64 CPU, the Fashion-MNIST proxy: no CIFAR figure). The sample preset, given the
-  same 3 minutes, reached 63.1% there (one run). With --mixed-precision auto (bfloat16
-  here) on a slower day: 86.3% and 86.7% (medians of 2 seeds each; float32 that day 85.3%).
-
-  --time-budget 3: the run times its first steps and fits as many steps as end within 3
-  minutes (the last epoch cut short), warming up over 6% of them, then cosine decay to the
-  last. 8x8 patches (16 tokens: attention is cheap, and the wider matrix products run at a
-  larger share of a CPU's peak than the sample's), 6 blocks of width 192, 6 heads, MLP 384, mean pooling into a linear classifier, no dropout; AdamW 2e-3,
-  weight decay 0.05, batch 128, label smoothing 0.1; horizontal flips only (at a few epochs
-  stronger augmentation costs more than it brings), and regularisation "auto": mixing from
-  10 epochs on, growing with the epochs (regularisation_rule). 16 tokens cap its CIFAR accuracy well
-  below the 4x4-patch recipes': it is for a good model soon, not the best one.
-
-``vit_lite``: ViT-Lite-7/4 of Hassani et al. 2021, "Escaping the Big Data Paradigm with
-Compact Transformers" (settings from the authors' SHI-Labs/Compact-Transformers: src/vit.py,
-configs/datasets/cifar10.yml); reported 91.4% CIFAR-10 / 69.8% CIFAR-100 top-1::
-
-    python train_cifar10.py --preset vit_lite
-
-  4x4 patches, 7 blocks of width 256, 4 heads, MLP 512, class token into a linear
-  classifier, attention dropout 0.1, stochastic depth 0.1; AdamW 5.5e-4, weight decay 0.06,
-  batch 128, 10 warmup epochs then cosine to 1e-5, 200 epochs (the paper's table; the repo's
-  config runs 300); label smoothing 0.1, mixup 0.8, cutmix 1.0, random erasing 0.25,
-  RandAugment 2/9 over all operations. Where this app differs: random crops of a 4-pixel
-  padding instead of random-resized crops of 80-100% of the image, RandAugment's magnitude
-  drawn uniformly up to 9 instead of timm's normal(9, 0.5), mixing on every image instead of
-  every batch, no warmup from 1e-5, no 10 cooldown epochs, on a CPU float32 unless bfloat16
-  is measured faster (--mixed-precision auto).
-
-``vit_small_data``: the ViT baseline of Lee et al. 2021, "Vision Transformer for Small-Size
-Datasets" (settings from the authors' aanna0701/SPT_LSA_ViT main.py); reported 93.58%
-CIFAR-10 / 73.81% CIFAR-100 top-1 after 100 epochs with repeated augmentation x3::
-
-    python train_cifar10.py --preset vit_small_data
-
-  4x4 patches, 9 blocks of width 192, 12 heads of 16, MLP 384 (ratio 2), class token into a
-  linear classifier, stochastic depth 0.1; AdamW 1e-3, weight decay 0.05, batch 128, 10
-  warmup epochs then cosine, 100 epochs; label smoothing 0.1, mixup and cutmix with alpha 1,
-  random erasing 0.25 of up to 40% of the image. Where this app differs: no repeated
-  augmentation (each image once per epoch, so the same 100 epochs see a third of the
-  augmented copies), RandAugment 2/9 over all operations in place of the AutoAugment CIFAR
-  policy, mixup or cutmix on every image instead of on half the batches, cosine to 1e-5.
-
-``tiny``: a seconds-long smoke run for checking an install::
-
-    python train_cifar10.py --preset tiny --data-dir DIR
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from datasets import DATASETS, IMAGE_SIZE
-from errors import UsageError
+from vitcifar.config.datasets import DATASETS, IMAGE_SIZE
+from vitcifar.errors import UsageError
 
 # RandAugment's operations, each with its bound at magnitude MAX_MAGNITUDE in the units of
 # its function in data_augmentations.py; bounds scale linearly with the magnitude (the
@@ -307,6 +238,14 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raises UsageError naming the flag to change; returns self when all is well."""
+        self._check_values()
+        self._check_schedule()
+        self.augmentation.validate()
+        self._check_model_and_rule()
+        return self
+
+    def _check_values(self) -> None:
+        """Each setting on its own: the dataset, counts, rates and fractions in range."""
         if self.dataset not in DATASETS:
             raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
         positive = ["patch_size", "patch_stride", "num_layers", "embedding_dim", "num_heads",
@@ -329,6 +268,9 @@ class TrainConfig:
             if getattr(self, name) < 0:
                 raise UsageError(f"{flag_name(name)} must be 0 or more, got "
                                  f"{getattr(self, name)}")
+
+    def _check_schedule(self) -> None:
+        """Settings that hold only together: optimizer, schedule, warmup and budget."""
         if self.weight_decay and self.optimizer != "adamw":
             raise UsageError("--weight-decay needs --optimizer adamw (Adam's L2 penalty is "
                              "not decoupled weight decay)")
@@ -346,7 +288,9 @@ class TrainConfig:
                              f"got {self.validation_fraction}")
         if self.early_stopping < 0:
             raise UsageError(f"--early-stopping must be 0 or more, got {self.early_stopping}")
-        self.augmentation.validate()
+
+    def _check_model_and_rule(self) -> None:
+        """The patch grid tiles the image, heads divide the width; the rule's own fields."""
         if self.patch_size > IMAGE_SIZE:
             raise UsageError(f"--patch-size {self.patch_size} is larger than the "
                              f"{IMAGE_SIZE}x{IMAGE_SIZE} image; use at most {IMAGE_SIZE}")
@@ -371,8 +315,6 @@ class TrainConfig:
             raise UsageError(f"regularisation_given {' '.join(sorted(unknown))} or "
                              f"regularisation_epochs {self.regularisation_epochs} is not a "
                              "setting of the rule")
-        return self
-
 
 @dataclass(frozen=True)
 class RunOptions:
@@ -487,197 +429,3 @@ def differences_that_block_resume(saved: TrainConfig, wanted: TrainConfig) -> li
     old, new = flat(saved), flat(wanted)
     return [(f.name, old[f.name], new[f.name]) for f in leaf_fields()
             if not f.metadata.get("resumable") and old[f.name] != new[f.name]]
-
-
-# --- config.json -------------------------------------------------------------------------------
-
-def to_json(config: TrainConfig, options: RunOptions) -> dict:
-    return {"format": CONFIG_FORMAT, "experiment": dataclasses.asdict(config),
-            "run": dataclasses.asdict(options)}
-
-
-def from_json(values: dict, where: str = "config.json") -> Tuple[TrainConfig, RunOptions]:
-    """The (TrainConfig, RunOptions) of a config.json's contents; raises UsageError for a file
-    of another format, naming every unknown key or missing experiment setting. A missing run
-    option gets its default: any run option may change when a run resumes."""
-    if not isinstance(values, dict):
-        raise UsageError(f"{where} is not a JSON object")
-    if values.get("format") != CONFIG_FORMAT:
-        found = f"format {values['format']!r}" if "format" in values else "no format"
-        raise UsageError(f"{where} has {found}; this version of the app reads format "
-                         f"{CONFIG_FORMAT} only: train the run again with this version, or "
-                         "open it with the version that wrote it")
-    run_names = {f.name for f in dataclasses.fields(RunOptions)}
-    experiment = dict(values.get("experiment") or {})
-    run = dict(values.get("run") or {})
-    experiment.update(experiment.pop("augmentation", None) or {})
-    leaf = {f.name for f in leaf_fields()}
-    unknown = sorted((set(values) - {"format", "experiment", "run"}) |
-                     (set(experiment) - leaf) | (set(run) - run_names))
-    optional = {f.name for f in leaf_fields() if f.metadata.get("optional")}
-    missing = sorted(leaf - optional - set(experiment))
-    if unknown or missing:
-        said = ([f"unknown keys {', '.join(unknown)}"] if unknown else []) + \
-               ([f"missing keys {', '.join(missing)}"] if missing else [])
-        raise UsageError(f"{where} has {' and '.join(said)}: it was not written by this "
-                         "version of the app")
-
-    def tuples(d):                                         # JSON lists -> tuples
-        return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-    try:       # validate: a value of the wrong type fails a comparison with a TypeError
-        return (override(TrainConfig(), **tuples(experiment)).validate(),
-                RunOptions(**tuples(run)).validate())
-    except TypeError as error:
-        raise UsageError(f"{where} is damaged ({error})") from None
-
-# --- regularisation "auto": the rule -----------------------------------------------------------
-# The longer a ViT trains on little data, the more augmentation and regularisation pay; at a
-# few epochs they cost more than they bring (Steiner et al. 2021, "How to train your ViT?",
-# the AugReg study: light AugReg wins on short schedules, heavier on long ones; Lee et al.
-# 2021 and Hassani et al. 2021 train 100-300 epochs of CIFAR with the full recipe below).
-RULE_EPOCHS = (10, 100)        # strength 0 at or below the first, 1 from the second on
-RULE_IMAGES_SEEN = (30_000, 100_000)   # the same for epochs x training images
-
-
-def _log_ramp(value: float, low: float, high: float) -> float:
-    """0 at or below `low`, 1 at or above `high`, linear in log(value) between."""
-    if value <= low:
-        return 0.0
-    return min(1.0, math.log(value / low) / math.log(high / low))
-
-
-def regularisation_strength(epochs: int, train_images: int) -> float:
-    """0 to 1, non-decreasing in epochs: the lesser of a ramp in epochs (how often each
-    image is seen: what lets a model memorise it) and a ramp in images seen (whether the
-    run fits its data at all: a small set's epoch is a few steps, and an underfit model
-    only loses by regularisation). On the Fashion-MNIST proxy (issue 20) the unregularised
-    fast model overfit 850 images in 100 epochs (85,000 seen: 99.9% train top-1) and 4,250
-    from about epoch 16 (68,000 seen), and did not overfit 51,000 images at its 5-8 epochs;
-    it still underfit 850 images in 20 epochs (17,000 seen: 74% train top-1), where mixing
-    at strength 0.23 cost 8.7 points of test top-1 (benchmarks/budget_sweep.py, with the
-    ramps at 8-80 epochs and 10,000-100,000 images seen), and 255 images in 40 epochs
-    (10,200 seen: 55%). The published recipes' 100-300 CIFAR epochs are strength 1; on the
-    CPU, fast's 3 minutes of the full proxy (up to 10 epochs with bfloat16) are strength 0."""
-    return min(_log_ramp(epochs, *RULE_EPOCHS),
-               _log_ramp(epochs * train_images, *RULE_IMAGES_SEEN))
-
-
-def regularisation_rule(epochs: int, train_images: int, patch_size: int) -> Dict[str, object]:
-    """{setting: value} for each of RULE_SETTINGS, for a run of `epochs` epochs over
-    `train_images` images with patch_size-pixel patches. Strength s (regularisation_strength)
-    is non-decreasing in epochs, and so is every value below. At s = 0 (fast's 5-8 epochs of
-    a full training set) it is fast's own: flips only (not set here) and label smoothing 0.1.
-
-    step                               value                  source
-    label smoothing, always            0.1                    all three papers use 0.1
-    mixup / cutmix alpha, from s > 0   0.8 s / 1.0 s          Hassani et al. (0.8 / 1.0);
-        the one regulariser that paid on the proxy: +4.0 points (79.0% vs 75.0% test top-1,
-        850 images x 100 epochs, issue 20); alpha scaled by s: Beta(a, a) with small a
-        mixes little
-    the rest only with patches of 4x4 pixels or less (the published CIFAR recipes' size);
-    with 8x8 patches the proxy measured random crops costing 5.8 points (850 x 100) and
-    8.7 (4,250 x 30, with drop path 0.1), and drop path no gain (74.8% vs 75.0%):
-    crop padding, from s >= 0.5        4 pixels               all three (CIFAR's standard)
-    RandAugment, from s >= 0.5         2 ops, magnitude 9 s   Hassani, AugReg (2 / 9-10);
-                                                                Lee use AutoAugment
-    random erasing, from s >= 0.75     0.25                   Lee, Hassani
-    drop path, at s = 1                0.1                    Lee, Hassani
-    RandAugment's geometric operations shift the image as crops do, so they share crops'
-    condition."""
-    s = regularisation_strength(epochs, train_images)
-    small_patches = patch_size <= 4
-    return {
-        "crop_padding": 4 if small_patches and s >= 0.5 else 0,
-        "randaugment_n": 2 if small_patches and s >= 0.5 else 0,
-        "randaugment_magnitude": round(9.0 * s, 1) if small_patches and s >= 0.5 else 0.0,
-        "mixup_alpha": round(0.8 * s, 2),
-        "cutmix_alpha": round(1.0 * s, 2),
-        "erasing_prob": 0.25 if small_patches and s >= 0.75 else 0.0,
-        "drop_path": 0.1 if small_patches and s >= 1.0 else 0.0,
-        "label_smoothing": 0.1,
-    }
-
-
-def regularised(config: TrainConfig, epochs: int, train_images: int) -> TrainConfig:
-    """`config` with the rule's settings for `epochs` epochs of `train_images` images, those
-    given as flags (regularisation_given) left as they are; `config` itself when
-    regularisation is off or the rule has already chosen (a resumed run keeps its choice,
-    even when epochs are added)."""
-    if config.regularisation != "auto" or config.regularisation_epochs:
-        return config
-    chosen = {name: value for name, value in
-              regularisation_rule(epochs, train_images, config.patch_size).items()
-              if name not in config.regularisation_given}
-    return override(config, regularisation_epochs=epochs, **chosen).validate()
-
-
-def noting_given(config: TrainConfig, given) -> TrainConfig:
-    """`config` with the rule's settings among `given` (names of settings given as flags)
-    in regularisation_given: the rule leaves them as given."""
-    return dataclasses.replace(config, regularisation_given=tuple(
-        name for name in RULE_SETTINGS if name in given))
-
-
-def with_choice_of(saved: TrainConfig, wanted: TrainConfig) -> TrainConfig:
-    """`wanted` with what regularisation "auto" chose when the run `saved` started (the
-    settings wanted.regularisation_given names excepted): a resumed run keeps its choice,
-    whatever epochs it is now given. `wanted` itself unless both are "auto" and `saved` has
-    chosen."""
-    if not (saved.regularisation == wanted.regularisation == "auto"
-            and saved.regularisation_epochs):
-        return wanted
-    values = flat(saved)
-    return override(wanted, regularisation_epochs=saved.regularisation_epochs,
-                    **{name: values[name] for name in RULE_SETTINGS
-                       if name not in wanted.regularisation_given})
-
-
-def describe_regularisation(config: TrainConfig) -> str:
-    """One line: what regularisation "auto" chose, and which flags won over it."""
-    values = flat(config)
-    chosen = ", ".join(f"{flag_name(name)[2:]} {values[name]:g}" for name in RULE_SETTINGS)
-    given = (f"; given as flags, so kept: "
-             f"{' '.join(flag_name(n) for n in config.regularisation_given)}"
-             if config.regularisation_given else "")
-    return (f"Regularisation auto, for {config.regularisation_epochs} epochs: {chosen}"
-            f"{given}")
-
-
-def _preset(**values) -> TrainConfig:
-    return override(TrainConfig(), **values)
-
-
-PRESETS = {
-    # The seed sample: the dataclass defaults.
-    "sample": TrainConfig(),
-    # Seconds per epoch on a laptop CPU; for checking an installation, not for accuracy.
-    "tiny": TrainConfig(patch_size=8, patch_stride=8, num_layers=2, embedding_dim=32,
-                        num_heads=4, mlp_hidden_dim=64, head_units=(64,), batch_size=128,
-                        epochs=3, patience=2),
-    # The best accuracy for a short budget found with benchmarks/time_to_accuracy.py (see the
-    # module docstring, "fast").
-    "fast": _preset(
-        patch_size=8, patch_stride=8, num_layers=6, embedding_dim=192, num_heads=6,
-        mlp_hidden_dim=384, head_units=(), dropout=0.0, pooling="mean",
-        optimizer="adamw", learning_rate=2e-3, weight_decay=0.05, lr_schedule="cosine",
-        warmup_epochs=0.3, min_learning_rate=1e-5, epochs=5, batch_size=128,
-        label_smoothing=0.1, time_budget=3.0, crop_padding=0, randaugment_n=0,
-        regularisation="auto"),
-    # ViT-Lite-7/4 of Hassani et al. 2021 (see the module docstring, "vit_lite").
-    "vit_lite": _preset(
-        patch_size=4, patch_stride=4, num_layers=7, embedding_dim=256, num_heads=4,
-        mlp_hidden_dim=512, head_units=(), dropout=0.0, attention_dropout=0.1, drop_path=0.1,
-        optimizer="adamw", learning_rate=5.5e-4, weight_decay=0.06, lr_schedule="cosine",
-        warmup_epochs=10, min_learning_rate=1e-5, epochs=200, batch_size=128,
-        label_smoothing=0.1, randaugment_ops=RANDAUGMENT_OPS, randaugment_n=2,
-        randaugment_magnitude=9.0, erasing_prob=0.25, mixup_alpha=0.8, cutmix_alpha=1.0),
-    # The ViT of Lee et al. 2021 (see the module docstring, "vit_small_data").
-    "vit_small_data": _preset(
-        patch_size=4, patch_stride=4, num_layers=9, embedding_dim=192, num_heads=12,
-        mlp_hidden_dim=384, head_units=(), dropout=0.0, drop_path=0.1,
-        optimizer="adamw", learning_rate=1e-3, weight_decay=0.05, lr_schedule="cosine",
-        warmup_epochs=10, min_learning_rate=1e-5, epochs=100, batch_size=128,
-        label_smoothing=0.1, randaugment_ops=RANDAUGMENT_OPS, randaugment_n=2,
-        randaugment_magnitude=9.0, erasing_prob=0.25, erasing_max_area=0.4,
-        mixup_alpha=1.0, cutmix_alpha=1.0),
-}

@@ -27,9 +27,10 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from errors import UsageError, first_line
-from run_dir import CONFIG, SavedRun, atomic_save, best_weights_path
-from time_budget import Plan
+from vitcifar.errors import UsageError, first_line
+from vitcifar.runs.run_dir import CONFIG, SavedRun, atomic_save, best_weights_path
+from vitcifar.runs.time_budget import Plan
+
 
 @dataclass
 class RunState:
@@ -216,6 +217,7 @@ def build_optimizer_slots(optimizer, model) -> None:
 def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
     arrays = {f"model/{key}": value for key, value in model_arrays(model).items()}
     import tensorflow as tf
+
     # through a tensor: Keras 2's variables of a tf.distribute strategy (MirroredVariable)
     # have no numpy conversion of their own
     arrays.update({key: np.asarray(tf.convert_to_tensor(variable))
