@@ -17,7 +17,7 @@ ENTRY_POINTS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "visua
 RANKS = {
     "errors": 0, "datasets": 0, "keras_compat": 0, "time_budget": 0, "op_coverage": 0,
     "onnx_fusion": 0,
-    "config": 1, "prediction_io": 1, "deployed_model": 1,
+    "config": 1, "prediction_io": 1, "deployed_model": 1, "vit_kernels": 1,
     "flags": 2, "run_dir": 2,
     "checkpoint": 3, "cifar_data": 3, "devices": 3, "data_augmentations": 3, "vit_model": 3,
     "flops": 3, "optimization": 3,
