@@ -1,15 +1,17 @@
-"""A Vision Transformer for 32x32 images, written for TF 2.10 + DirectML and for Keras 3.
+"""A Vision Transformer for 32x32 images, one definition for Keras 2.10 (TF 2.10 + DirectML),
+Keras 3 on TensorFlow and Keras 3 on PyTorch, with the same layer names and weight paths on
+all three: weights trained on one load into the others.
 
 Shapes below use B = batch, N = patches, T tokens (T = N + 1 with the class token first, the
 default; T = N under mean pooling), D = embedding width, H = heads, Dh = D / H. Attention
 is Dense + reshape + matmul + softmax: DirectML has no kernel for Einsum, so
-keras.layers.MultiHeadAttention (EinsumDense) would fall back to the CPU.
-GELU is the exact (erf) form on both stacks: Keras 3's "gelu" string means the tanh
+keras.layers.MultiHeadAttention (EinsumDense) would fall back to the CPU, and
+torch-directml sends scaled_dot_product_attention to the CPU.
+GELU is the exact (erf) form on every stack: Keras 3's "gelu" string means the tanh
 approximation while Keras 2's means erf, so the string would change the model between stacks.
-The gradients of GELU, LayerNorm and the attention core are written out (tf.custom_gradient):
-on a CPU or a small GPU most of a training step is element-wise work, and autodiff of these
-formulas emits several times the ops the closed forms need. Tests check each against numpy
-and autodiff of the plain formula.
+The numerical kernels (GELU, LayerNorm and the attention core with their written-out
+gradients, and the backend-neutral `ops`) are in kernels.py; on PyTorch the model runs
+no TensorFlow op.
 
 Saving: `save_model` writes the stack's native full-model format (Keras 3: a .keras file;
 TF 2.10: a SavedModel folder). Neither opens on the other stack; what is portable is a run's
@@ -19,107 +21,12 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-import tensorflow as tf
-
-from vitcifar.config.settings import POOLINGS, patch_grid_side
-from vitcifar.config.datasets import IMAGE_SIZE
 from vitcifar.backend.keras_compat import KERAS_3, register
-
-keras = tf.keras
-
-
-@tf.custom_gradient
-def gelu(x):
-    """Exact GELU, x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2)): TF 2.10's tf.nn.gelu formula.
-    Current TF's tf.nn.gelu computes the same through erfc, whose kernel and gradient take
-    about three times as long on the CPU. Written in the op order of that formula, which the
-    TFLite converter fuses into its GELU op (TFLite has no Erf) and ONNX Runtime into its
-    Gelu kernel. The gradient is written out, Phi(x) + x * exp(-x^2 / 2) / sqrt(2 pi),
-    reusing 2 Phi(x) from the forward pass: fewer element-wise ops than differentiating the
-    formula op by op."""
-    twice_cdf = 1.0 + tf.math.erf(x / tf.cast(math.sqrt(2.0), x.dtype))     # 2 Phi(x)
-
-    def grad(upstream):
-        density = tf.exp(-0.5 * tf.square(x)) * tf.cast(1.0 / math.sqrt(2.0 * math.pi), x.dtype)
-        return upstream * (0.5 * twice_cdf + x * density)
-
-    return 0.5 * x * twice_cdf, grad
-
-
-def statistics_dtype(dtype: tf.DType) -> tf.DType:
-    """float32 for the half formats, else `dtype` (float32, or the tests' float64): the
-    format of the attention softmax and of pooled means under mixed precision, as Keras
-    keeps the loss and normalisation statistics in float32."""
-    return tf.float32 if dtype in (tf.float16, tf.bfloat16) else dtype
-
-
-def attention_weights(q, k):
-    """softmax(q k) over the last axis: q (B, H, T, Dh) already scaled, k (B, H, Dh, T) ->
-    P (B, H, T, T), computed in statistics_dtype (float32 under mixed precision)."""
-    return tf.nn.softmax(tf.cast(tf.matmul(q, k), statistics_dtype(q.dtype)), axis=-1)
-
-
-@tf.custom_gradient
-def attend(q, k, v):
-    """softmax(q k) v per head: q (B, H, T, Dh) already scaled by 1/sqrt(Dh), k (B, H, Dh, T),
-    v (B, H, T, Dh) -> (B, H, T, Dh).
-
-    The gradient is written out so that the softmax backward takes two element-wise passes
-    over (B, H, T, T) instead of autodiff's four: with P the weights and O = P v,
-    dS = P * (dP - rowsum(dP * P)), and rowsum(dP * P) = rowsum(dO * O) (the identity
-    FlashAttention uses) is a sum over (B, H, T, Dh), 8x smaller for the sample preset.
-    Under mixed precision the matrix products run in the inputs' format and the softmax and
-    its backward (P, dP, the row sums, dS) in float32."""
-    wide = statistics_dtype(q.dtype)
-    weights = attention_weights(q, k)                                       # P: (B, H, T, T)
-    narrow = tf.cast(weights, v.dtype)
-    context = tf.matmul(narrow, v)
-
-    def grad(d_context):
-        d_v = tf.matmul(narrow, d_context, transpose_a=True)
-        d_weights = tf.cast(tf.matmul(d_context, v, transpose_b=True), wide)   # dP
-        row = tf.reduce_sum(tf.cast(d_context, wide) * tf.cast(context, wide), axis=-1,
-                            keepdims=True)                                  # (B, H, T, 1)
-        d_scores = tf.cast(weights * (d_weights - row), q.dtype)
-        return (tf.matmul(d_scores, k, transpose_b=True),                   # dq: (B, H, T, Dh)
-                tf.matmul(q, d_scores, transpose_a=True), d_v)              # dk: (B, H, Dh, T)
-
-    return context, grad
-
-
-def attend_plain(q, k, v, dropout=None):
-    """`attend` by autodiff, with `dropout` (a function of the (B, H, T, T) weights, e.g. a
-    Dropout layer in training) applied to the weights before they meet v. The slower path,
-    used only when attention dropout is on in training; with dropout=None it is the plain
-    formula that `attend`'s gradient is tested against."""
-    weights = attention_weights(q, k)                                       # (B, H, T, T)
-    if dropout is not None:
-        weights = dropout(weights)
-    return tf.matmul(tf.cast(weights, v.dtype), v)
-
-
-def _layer_norm(x, gamma, beta, epsilon):
-    """(x - mean) / sqrt(var + epsilon) * gamma + beta over the last axis, float32 in and out,
-    with the closed-form gradient (three reductions) instead of autodiff's op-by-op one."""
-    @tf.custom_gradient
-    def normalise(x, gamma, beta):
-        centred = x - tf.reduce_mean(x, axis=-1, keepdims=True)
-        inv_std = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), axis=-1, keepdims=True)
-                                + epsilon)
-        x_hat = centred * inv_std
-
-        def grad(upstream):
-            g = upstream * gamma
-            d_x = inv_std * (g - tf.reduce_mean(g, axis=-1, keepdims=True)
-                             - x_hat * tf.reduce_mean(g * x_hat, axis=-1, keepdims=True))
-            batch_axes = list(range(len(x.shape) - 1))
-            return (d_x, tf.reduce_sum(upstream * x_hat, axis=batch_axes),
-                    tf.reduce_sum(upstream, axis=batch_axes))
-
-        return x_hat * gamma + beta, grad
-
-    return normalise(x, gamma, beta)
+from vitcifar.config.datasets import IMAGE_SIZE
+from vitcifar.config.settings import POOLINGS, patch_grid_side
+from vitcifar.ops.kernels import (attend, attend_plain, attention_weights, extracted_patches,
+                                  gathered_patches, gelu, keras, layer_norm, matmul, ops,
+                                  per_sample_uniform, statistics_dtype)
 
 
 @register
@@ -143,19 +50,15 @@ class PatchExtractor(keras.layers.Layer):
         p, s = self.patch_size, self.patch_stride
         _, height, width, channels = images.shape
         if self.gather:
-            flat = tf.reshape(images, [-1, height * width * channels])          # (B, S*S*C)
-            return tf.gather(flat, patch_indices(height, width, channels, p, s), axis=1)
+            return gathered_patches(images, p, s)
         if p == s and height % p == 0 and width % p == 0:
             # Non-overlapping patches are a reshape and one transpose: same values and
             # order as extract_patches, in plain ops every backend has.
             rows, cols = height // p, width // p
-            grid = tf.reshape(images, [-1, rows, p, cols, p, channels])
-            grid = tf.transpose(grid, [0, 1, 3, 2, 4, 5])               # (B, rows, cols, p, p, C)
-            return tf.reshape(grid, [-1, rows * cols, p * p * channels])
-        patches = tf.image.extract_patches(images, sizes=[1, p, p, 1], strides=[1, s, s, 1],
-                                           rates=[1, 1, 1, 1], padding="VALID")
-        _, rows, cols, depth = patches.shape
-        return tf.reshape(patches, [-1, rows * cols, depth])
+            grid = ops.reshape(images, (-1, rows, p, cols, p, channels))
+            grid = ops.transpose(grid, (0, 1, 3, 2, 4, 5))              # (B, rows, cols, p, p, C)
+            return ops.reshape(grid, (-1, rows * cols, p * p * channels))
+        return extracted_patches(images, p, s)
 
     def compute_output_shape(self, input_shape):
         side = patch_grid_side(input_shape[1], self.patch_size, self.patch_stride)
@@ -164,19 +67,6 @@ class PatchExtractor(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "patch_size": self.patch_size,
                 "patch_stride": self.patch_stride, "gather": self.gather}
-
-
-def patch_indices(height: int, width: int, channels: int, patch_size: int,
-                  patch_stride: int) -> np.ndarray:
-    """(N, P*P*C) int32: for each patch in row-major order, the indices of its pixels in an
-    image flattened to H*W*C, in (row, column, channel) order."""
-    p = patch_size
-    top = np.arange(0, height - p + 1, patch_stride)[:, None, None, None, None]
-    left = np.arange(0, width - p + 1, patch_stride)[None, :, None, None, None]
-    row = top + np.arange(p)[None, None, :, None, None]           # (rows, 1, P, 1, 1)
-    column = left + np.arange(p)[None, None, None, :, None]       # (1, cols, 1, P, 1)
-    index = (row * width + column) * channels + np.arange(channels)   # (rows, cols, P, P, C)
-    return index.reshape(-1, p * p * channels).astype(np.int32)
 
 
 @register
@@ -190,9 +80,8 @@ class ClassToken(keras.layers.Layer):
         super().build(input_shape)
 
     def call(self, tokens):
-        batch = tf.shape(tokens)[0]
-        token = tf.cast(self.token, tokens.dtype)
-        return tf.concat([tf.tile(token, [batch, 1, 1]), tokens], axis=1)
+        token = ops.cast(self.token, tokens.dtype)                         # (1, 1, D)
+        return ops.concatenate([ops.tile(token, (ops.shape(tokens)[0], 1, 1)), tokens], axis=1)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1] + 1, input_shape[2])
@@ -201,7 +90,7 @@ class ClassToken(keras.layers.Layer):
 @register
 class LayerNormalization(keras.layers.LayerNormalization):
     """keras.layers.LayerNormalization over the last axis (with scale and offset, the
-    defaults) computed by `_layer_norm`: same weights, config and values, a cheaper gradient.
+    defaults) computed by kernels.layer_norm: same weights, config and values, a cheaper gradient.
     Computes in float32 under a mixed-precision policy, as Keras does. It keeps Keras's class
     name because Keras 3 files key a layer's weights by it: a .keras file of a model built
     with keras.layers.LayerNormalization loads into this one."""
@@ -216,10 +105,10 @@ class LayerNormalization(keras.layers.LayerNormalization):
                              "and scale")
 
     def call(self, inputs):
-        gamma, beta = (tf.cast(tf.convert_to_tensor(weight), tf.float32)
-                       for weight in (self.gamma, self.beta))
-        out = _layer_norm(tf.cast(inputs, tf.float32), gamma, beta, self.epsilon)
-        return tf.cast(out, self.compute_dtype)
+        gamma, beta = (ops.cast(ops.convert_to_tensor(weight), "float32")
+                       for weight in (self.gamma, self.beta))                # (D,) each
+        out = layer_norm(ops.cast(inputs, "float32"), gamma, beta, self.epsilon)
+        return ops.cast(out, self.compute_dtype)
 
 
 @register
@@ -227,8 +116,8 @@ class DropPath(keras.layers.Layer):
     """Stochastic depth (Huang et al. 2016; timm's DropPath) on a residual branch's output
     (B, ...): in training each sample's whole branch is dropped with probability `rate` and
     the kept ones scaled by 1 / (1 - rate), so the expected output is unchanged; identity at
-    inference or at rate 0. The mask is one stateful tf.random.uniform draw of shape
-    (B, 1, ..., 1), an op every backend (DirectML included) has."""
+    inference or at rate 0. The mask is one uniform draw of shape (B, 1, ..., 1)
+    (kernels.per_sample_uniform)."""
 
     def __init__(self, rate: float, **kwargs):
         super().__init__(**kwargs)
@@ -240,10 +129,9 @@ class DropPath(keras.layers.Layer):
         if not training or self.rate == 0.0:
             return x
         keep = 1.0 - self.rate
-        shape = tf.concat([tf.shape(x)[:1], tf.ones([len(x.shape) - 1], tf.int32)], axis=0)
         # floor(keep + U[0, 1)) is 1 with probability keep, else 0: (B, 1, ..., 1)
-        mask = tf.floor(keep + tf.random.uniform(shape, dtype=tf.float32)) * (1.0 / keep)
-        return x * tf.cast(mask, x.dtype)
+        mask = ops.floor(keep + per_sample_uniform(x)) * (1.0 / keep)
+        return x * ops.cast(mask, x.dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -281,23 +169,23 @@ class MultiHeadSelfAttention(keras.layers.Layer):
 
     def call(self, x, training=None, return_attention=False):
         tokens, heads, head_dim = x.shape[1], self.num_heads, self.head_dim
-        q, k, v = tf.split(self.qkv(x), 3, axis=-1)                         # 3 x (B, T, D)
-        q = q * tf.cast(1.0 / math.sqrt(head_dim), q.dtype)      # scaled before the product
+        q, k, v = ops.split(self.qkv(x), 3, axis=-1)                        # 3 x (B, T, D)
+        q = q * ops.cast(1.0 / math.sqrt(head_dim), q.dtype)     # scaled before the product
         # One 4-D transpose each (cheaper than a 5-D transpose of all three and an unstack,
         # forwards and backwards); K goes straight to (B, H, Dh, T) for Q K^T.
-        q = tf.transpose(tf.reshape(q, [-1, tokens, heads, head_dim]), [0, 2, 1, 3])
-        k = tf.transpose(tf.reshape(k, [-1, tokens, heads, head_dim]), [0, 2, 3, 1])
-        v = tf.transpose(tf.reshape(v, [-1, tokens, heads, head_dim]), [0, 2, 1, 3])
+        q = ops.transpose(ops.reshape(q, (-1, tokens, heads, head_dim)), (0, 2, 1, 3))
+        k = ops.transpose(ops.reshape(k, (-1, tokens, heads, head_dim)), (0, 2, 3, 1))
+        v = ops.transpose(ops.reshape(v, (-1, tokens, heads, head_dim)), (0, 2, 1, 3))
         if return_attention:                      # inference only: no gradient needed
             weights = attention_weights(q, k)                               # (B, H, T, T)
-            context = tf.matmul(tf.cast(weights, v.dtype), v)
+            context = matmul(ops.cast(weights, v.dtype), v)
         elif training and self.attention_dropout is not None:
             context = attend_plain(q, k, v, lambda weights: self.attention_dropout(
                 weights, training=True))
         else:
             context = attend(q, k, v)                                       # (B, H, T, Dh)
-        context = tf.transpose(context, [0, 2, 1, 3])                       # (B, T, H, Dh)
-        out = self.output_proj(tf.reshape(context, [-1, tokens, self.embedding_dim]))
+        context = ops.transpose(context, (0, 2, 1, 3))                      # (B, T, H, Dh)
+        out = self.output_proj(ops.reshape(context, (-1, tokens, self.embedding_dim)))
         return (out, weights) if return_attention else out
 
     def compute_output_shape(self, input_shape):
@@ -421,7 +309,7 @@ class VisionTransformer(keras.Model):
     def embed(self, images):
         """(B, S, S, 3) 0..255 -> (B, T, D) tokens, positions added: the class token first
         (class-token pooling), or the N patch tokens alone (mean pooling)."""
-        x = tf.cast(images, self.compute_dtype) * tf.cast(1.0 / 255.0, self.compute_dtype)
+        x = ops.cast(images, self.compute_dtype) * ops.cast(1.0 / 255.0, self.compute_dtype)
         tokens = self.patch_proj(self.patches(x))                           # (B, N, D)
         if self.class_token is not None:
             tokens = self.class_token(tokens)                               # (B, N + 1, D)
@@ -432,8 +320,8 @@ class VisionTransformer(keras.Model):
         # the replicas' squares, not the square of their sum: the table would train
         # differently on several replicas than on one.
         if not self.position_embedding.built:
-            self.position_embedding(tf.range(self.num_tokens))   # creates the table
-        return tokens + tf.cast(self.position_embedding.embeddings, tokens.dtype)
+            self.position_embedding(ops.arange(self.num_tokens))  # creates the table
+        return tokens + ops.cast(self.position_embedding.embeddings, tokens.dtype)
 
     def call(self, images, training=None):
         x = self.embed(images)
@@ -443,7 +331,7 @@ class VisionTransformer(keras.Model):
         if self.class_token is not None:
             x = x[:, 0]                                                     # (B, D)
         else:                                   # a float32 mean under mixed precision
-            x = tf.reduce_mean(tf.cast(x, statistics_dtype(x.dtype)), axis=1)
+            x = ops.mean(ops.cast(x, statistics_dtype(x.dtype)), axis=1)
         for dense in self.head_layers:
             x = self.head_dropout(gelu(dense(x)), training=training)
         return self.classifier(x)
@@ -480,7 +368,7 @@ def build_model(config) -> VisionTransformer:
         mlp_hidden_dim=config.mlp_hidden_dim, head_units=config.head_units,
         dropout=config.dropout, drop_path=config.drop_path,
         attention_dropout=config.attention_dropout, pooling=config.pooling, name="vit")
-    model(tf.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), tf.uint8))
+    model(ops.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), "uint8"))
     return model
 
 

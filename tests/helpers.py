@@ -1,6 +1,8 @@
 """What several test files share: running the app's scripts as a user would, and checking
 what a run directory holds. Importing it first (conftest does) sets this process's
-TensorFlow log level and Keras backend before TensorFlow is imported."""
+TensorFlow log level and Keras backend before TensorFlow is imported: TensorFlow, unless
+KERAS_BACKEND=torch was set outside, which the model's own tests (test_vit_model.py,
+test_kernels.py) run on; the rest of the app needs TensorFlow."""
 import os
 import re
 import struct
@@ -12,7 +14,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # quiet by default (devices.prepare_environment), unless the variable was set outside.
 OWN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ["KERAS_BACKEND"] = "tensorflow"
+if os.environ.get("KERAS_BACKEND") != "torch":
+    os.environ["KERAS_BACKEND"] = "tensorflow"
 
 from vitcifar.analysis import figures  # noqa: E402
 from vitcifar.runs import checkpoint  # noqa: E402

@@ -94,14 +94,15 @@ def set_policy(setting: str, device: devices.Device, config: TrainConfig,
 
 @contextlib.contextmanager
 def policy(name: str):
-    """Keras's global policy set to `name` within the block, the previous one after it."""
-    import tensorflow as tf
-    previous = tf.keras.mixed_precision.global_policy()
-    tf.keras.mixed_precision.set_global_policy(name)
+    """Keras's global policy set to `name` within the block, the previous one after it (on
+    whatever backend Keras runs: the model's tests run it on PyTorch too)."""
+    from vitcifar.backend.keras_compat import keras
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
     try:
         yield
     finally:
-        tf.keras.mixed_precision.set_global_policy(previous)
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def check(name: str, device: devices.Device) -> None:
