@@ -11,4 +11,4 @@ from vitcifar.backend.devices import run_command
 from vitcifar.commands.export import main
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(run_command(main, backend_flag=False))   # the export is a TensorFlow graph

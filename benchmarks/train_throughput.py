@@ -220,9 +220,8 @@ def report(config, options, args, device, chosen, rates: dict, path: str, xla: b
     preset = getattr(args, "preset", "sample")
     shown = chosen.describe() if not args.compare_precisions else \
         ", ".join(precision.NAMES[name] for name in policies) + " compared"
-    print(f"ViT {preset} preset, batch {batch}, {config.num_classes} classes | TensorFlow "
-          f"{v['tensorflow_version']}, Keras {v['keras_version']}, Python "
-          f"{v['python_version']} | {device.describe()}, XLA {'on' if xla else 'off'}, "
+    print(f"ViT {preset} preset, batch {batch}, {config.num_classes} classes | "
+          f"{devices.describe_versions(v)} | {device.describe()}, XLA {'on' if xla else 'off'}, "
           f"steps_per_execution {per_call}")
     print(f"precision: {shown}")
     print(f"path: {path} -> compile_model -> model.fit; {args.warmup} warm-up steps, "
@@ -242,7 +241,9 @@ def report(config, options, args, device, chosen, rates: dict, path: str, xla: b
             print(f"-- {precision.NAMES[name]}")
         print(f"train throughput: {median:.1f} images/s (median of {args.windows} windows; "
               f"min {min(rates[name]):.1f}, max {max(rates[name]):.1f}, spread "
-              f"+-{spread_share:.1%})")
+              f"+-{spread_share:.1%}); overall "
+              f"{len(rates[name]) / sum(1 / rate for rate in rates[name]):.1f} images/s "
+              "over all timed steps")
         print(f"FLOPs: {flop / 1e6:.1f} MFLOP per image per training step; "
               f"{median * flop / 1e9:.1f} GFLOP/s at the median rate, "
               f"{median * flop / 1e9 / peaks[name]:.1%} of this machine's {PEAK_DTYPES[name]} "
@@ -260,12 +261,10 @@ def main(argv=None) -> int:
     if "--all-presets" in (argv if argv is not None else sys.argv[1:]):
         return all_presets(argv)
     config, options, args, device = train_command.start_tool(parse, argv)
-    import tensorflow as tf
-
     from vit_model import build_model
     from vitcifar.backend import devices
+    from vitcifar.backend.keras_compat import keras      # on --backend torch too
     from vitcifar.training import compiled
-    keras = tf.keras
 
     batch = config.batch_size
     chosen = precision.decide(options.mixed_precision, device, config)   # before seeding

@@ -95,7 +95,8 @@ def patches_to_pixels(patch_weights: np.ndarray, patch_size: int, patch_stride: 
 def model_attention_maps(model, images: np.ndarray) -> np.ndarray:
     """(B, S, S, 3) images -> (B, S, S): a VisionTransformer's attention rollout (one weight
     per patch, summing to 1) spread over the pixels by `patches_to_pixels`."""
-    attentions = [np.asarray(weights) for weights in model.attention_weights(images)]
+    from vitcifar.backend.keras_compat import to_numpy
+    attentions = [to_numpy(weights) for weights in model.attention_weights(images)]
     rollout = attention_rollout(attentions, class_token=model.pooling == "class_token")
     return patches_to_pixels(rollout, model.patch_size, model.patch_stride, images.shape[1])
 
@@ -294,10 +295,9 @@ def write_run_figures(output_dir: str, model, x_test: np.ndarray, y_test: np.nda
     """Writes CURVES (when history.csv has an epoch), CONFUSION, PREDICTIONS and ATTENTION into
     output_dir for this model on the test set; returns the paths written. Works from whatever
     the run has: an interrupted run's shorter history.csv draws shorter curves."""
-    import tensorflow as tf
-
-    logits = model.predict(x_test, batch_size=PREDICT_BATCH, verbose=0)
-    probabilities = tf.nn.softmax(logits).numpy()
+    logits = model.predict(x_test, batch_size=PREDICT_BATCH, verbose=0)      # numpy, any backend
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))       # softmax, overflow-free
+    probabilities = exp / exp.sum(axis=1, keepdims=True)
     predicted = probabilities.argmax(axis=1)
     written = []
     history = run_dir.read_history(os.path.join(output_dir, HISTORY))

@@ -40,6 +40,17 @@ def keras_major() -> int:
     return int(keras_version().split(".")[0])
 
 
+def to_numpy(value):
+    """A variable's or tensor's value as a numpy array, from any device: Keras 3's
+    convert_to_numpy on torch; on TensorFlow through a tensor (Keras 2's variables of a
+    tf.distribute strategy, MirroredVariable, have no numpy conversion of their own)."""
+    import numpy as np
+    if BACKEND != "tensorflow":
+        return keras.ops.convert_to_numpy(value)
+    import tensorflow as tf
+    return np.asarray(tf.convert_to_tensor(value))
+
+
 # Keras 3 has the .keras format, keras.ops, keras.optimizers.AdamW and variable.path; Keras
 # 2.10 has SavedModel folders, optimizers.experimental.AdamW and names ending in ":0".
 KERAS_3 = keras_major() >= 3

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from vitcifar.config.flags import Parser, add_saved_run_arguments, add_verbose_flag
+from vitcifar.config.flags import (Parser, add_backend_flag, add_saved_run_arguments,
+                                   add_verbose_flag)
 from vitcifar.errors import UsageError, entry_point
 from vitcifar.runs import checkpoint, run_dir
 
@@ -49,6 +50,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int,
                         help="images per step (default: the run's batch size)")
     add_verbose_flag(parser)
+    add_backend_flag(parser)
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     batch_size = run.config.batch_size if args.batch_size is None else args.batch_size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-from vitcifar.config.flags import Parser, add_verbose_flag
+from vitcifar.config.flags import Parser, add_backend_flag, add_verbose_flag
 from vitcifar.data import prediction_io
 from vitcifar.errors import entry_point
 from vitcifar.runs import checkpoint, run_dir
@@ -30,6 +30,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                         "train_cifar100.py")
     prediction_io.add_arguments(parser)
     add_verbose_flag(parser)
+    add_backend_flag(parser)
     args = parser.parse_args(argv)
     prediction_io.check_top_k(args.top_k)
     run = run_dir.open_run(args.run_dir)

@@ -24,7 +24,8 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
     options, args), then the GPU chosen before TensorFlow starts, then the device, checked
     against --xla and --mixed-precision. Returns (config, options, args, device)."""
     config, options, args = parse(argv)
-    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False))
+    devices.prepare_environment(options.gpu, verbose=getattr(args, "verbose", False),
+                                backend=options.backend)
     device = devices.detect()
     devices.use_xla(options.xla, device)                 # raise where impossible
     precision.decide(options.mixed_precision, device, config)
@@ -38,7 +39,8 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     args = build_train_parser(dataset).parse_args(argv)
     config, options = train_settings(dataset, args)
     devices.prepare_environment(options.gpu, options.distribute,
-                                verbose=getattr(args, "verbose", False))
+                                verbose=getattr(args, "verbose", False),
+                                backend=options.backend)
     if options.distribute == "multi-worker":
         distribution.read_tf_config()                  # a bad TF_CONFIG fails before TF
     if getattr(args, "list_devices", False):
@@ -72,8 +74,8 @@ def train_settings(dataset: str, args: argparse.Namespace) -> Tuple[TrainConfig,
 
 def banner(config: TrainConfig, options: RunOptions, device: devices.Device,
            plan: "distribution.Plan | None" = None) -> str:
-    v = devices.versions()
     xla = "on" if devices.use_xla(options.xla, device) else "off"
+    engine = f"XLA {xla}" if device.backend == "tensorflow" else "eager"   # torch: no XLA
     budget = (f" | time budget {config.time_budget:g} min (epochs set by timing the first "
               "steps)" if config.time_budget else "")
     if config.regularisation == "auto" and not config.regularisation_epochs:
@@ -82,7 +84,7 @@ def banner(config: TrainConfig, options: RunOptions, device: devices.Device,
                    + (f" (given, so kept: {given})" if given else ""))
     plan = plan or distribution.single_device()
     chosen = precision.decide(options.mixed_precision, device, config, plan.workers)
-    return (f"ViT on {config.display_name} | TensorFlow {v['tensorflow_version']}, Keras "
-            f"{v['keras_version']}, Python {v['python_version']} | training on "
-            f"{device.describe()}, XLA {xla}, {chosen.describe()} | "
+    return (f"ViT on {config.display_name} | {devices.describe_versions(devices.versions())} "
+            f"| training on "
+            f"{device.describe()}, {engine}, {chosen.describe()} | "
             f"{plan.describe(config.batch_size)}{budget}")

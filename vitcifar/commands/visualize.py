@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import List, Optional
 
 from vitcifar.analysis.figures import PATCHES, plot_patches, write_run_figures
-from vitcifar.config.flags import Parser, add_saved_run_arguments, add_verbose_flag
+from vitcifar.config.flags import (Parser, add_backend_flag, add_saved_run_arguments,
+                                   add_verbose_flag)
 from vitcifar.errors import UsageError, entry_point
 from vitcifar.runs import checkpoint, run_dir
 
@@ -23,6 +24,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--patches", type=int, default=0, metavar="IMAGE_INDEX",
                         help=f"test image drawn as patches into {PATCHES} (default: 0)")
     add_verbose_flag(parser)
+    add_backend_flag(parser)
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     from vit_model import build_model

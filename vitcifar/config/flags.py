@@ -99,6 +99,25 @@ def add_saved_run_arguments(parser: argparse.ArgumentParser) -> None:
                                            "read its data)")
 
 
+def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    """--backend, for the commands that open a saved run (run_command reads it from argv
+    before the parser runs: Keras must not be imported yet)."""
+    field = next(f for f in dataclasses.fields(RunOptions) if f.name == "backend")
+    parser.add_argument("--backend", help=field.metadata["help"])
+
+
+def backend_requested(argv: List[str]) -> Optional[str]:
+    """The value of --backend X (or --backend=X) in argv before any `--`; None without it:
+    for commands that must prepare the environment before they parse their flags."""
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    for index, arg in enumerate(argv):
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+        if arg == "--backend" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
 def verbose_requested(argv: List[str]) -> bool:
     """Whether argv (before any `--`) has --verbose: for commands that must prepare the
     environment before they parse their flags."""

@@ -51,6 +51,7 @@ RULE_SETTINGS = ("crop_padding", "randaugment_n", "randaugment_magnitude", "mixu
                  "cutmix_alpha", "erasing_prob", "drop_path", "label_smoothing")
 DISTRIBUTE_CHOICES = ("auto", "none", "mirrored", "multi-worker")
 PRECISION_CHOICES = ("auto", "off", "float16", "bfloat16", "on")    # precision.py decides
+BACKENDS = ("tensorflow", "torch")    # RunOptions.backend: the Keras 3 backends the app runs on
 
 
 def patch_grid_side(image_size: int, patch_size: int, patch_stride: int) -> int:
@@ -333,6 +334,10 @@ class RunOptions:
         "auto or mirrored); sets DML_VISIBLE_DEVICES and CUDA_VISIBLE_DEVICES before "
         "TensorFlow starts (default: the variables as set, else every GPU; --distribute "
         "none trains on the first)"))
+    backend: Optional[str] = field(default=None, metadata=_flag(
+        "the Keras backend, set before Keras starts: tensorflow, or torch (PyTorch: CUDA, "
+        "Intel XPU, DirectML through torch-directml, Apple MPS or the CPU; needs Keras 3 and "
+        "requirements-torch.txt); default: KERAS_BACKEND if set, else tensorflow"))
     distribute: str = field(default="auto", metadata=_flag(
         "tf.distribute strategy: auto (mirrored when TensorFlow sees more than one CUDA GPU, "
         "else none), none (one device), mirrored (every visible GPU of this machine), "
@@ -366,6 +371,10 @@ class RunOptions:
                     len(set(map(int, indices))) != len(indices):
                 raise UsageError(f"--gpu must be a GPU index 0 or more, or distinct indices "
                                  f"separated by commas (0,1), got {self.gpu}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise UsageError(f"--backend {self.backend}: this app runs on Keras's "
+                             f"{' or '.join(BACKENDS)} backend; use --backend tensorflow or "
+                             "--backend torch")
         if self.mixed_precision not in PRECISION_CHOICES:
             raise UsageError(f"--mixed-precision must be one of "
                              f"{', '.join(PRECISION_CHOICES)}, got {self.mixed_precision}")

@@ -196,7 +196,13 @@ def build_optimizer_slots(optimizer, model) -> None:
     AdamW's decoupled decay would (w -= lr * wd * w), so they are put back. The optimizer's
     values are restored next. In a tf.distribute strategy's scope the update runs on every
     replica (Keras 2's optimizers refuse it outside them); on several workers, all must
-    call this together."""
+    call this together. On Keras's torch backend (one device) the optimizer builds its
+    variables itself (optimizer.build), with no update and no TensorFlow op."""
+    from vitcifar.backend.keras_compat import BACKEND
+    if BACKEND != "tensorflow":
+        if not optimizer.built:
+            optimizer.build(model.trainable_variables)
+        return
     import tensorflow as tf
     variables = model.trainable_variables
     values = [tf.identity(v) for v in variables]
@@ -215,12 +221,9 @@ def build_optimizer_slots(optimizer, model) -> None:
 # --- checkpoint.npz --------------------------------------------------------------------------
 
 def save_checkpoint(path: str, model, optimizer, state: RunState) -> None:
+    from vitcifar.backend.keras_compat import to_numpy
     arrays = {f"model/{key}": value for key, value in model_arrays(model).items()}
-    import tensorflow as tf
-
-    # through a tensor: Keras 2's variables of a tf.distribute strategy (MirroredVariable)
-    # have no numpy conversion of their own
-    arrays.update({key: np.asarray(tf.convert_to_tensor(variable))
+    arrays.update({key: to_numpy(variable)
                    for key, variable in optimizer_keys(optimizer, model).items()})
     arrays["state"] = np.frombuffer(state.to_json().encode("utf-8"), dtype=np.uint8)
 

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-import tensorflow as tf
-
 import vit_model
+from vitcifar.backend.keras_compat import keras
 from vitcifar.config.settings import TrainConfig
 from vitcifar.data import input_pipeline
 from vitcifar.training import distribution, optimization, precision
-
-keras = tf.keras
 
 
 def compile_model(model, config: TrainConfig, jit_compile: bool = False,

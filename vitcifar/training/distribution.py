@@ -92,7 +92,18 @@ class Plan:
                 "workers": self.workers, "per_replica_batch": self.per_replica_batch(batch_size)}
 
 
+class OneDevice:
+    """The strategy of a run on Keras's torch backend: one device, nothing to distribute
+    (tf.distribute is TensorFlow's); its scope() is no scope."""
+
+    @staticmethod
+    def scope():
+        return contextlib.nullcontext()
+
+
 def single_device() -> Plan:
+    if devices.keras_backend() == "torch":
+        return Plan("none", OneDevice())
     import tensorflow as tf
     return Plan("none", tf.distribute.get_strategy())
 
@@ -137,6 +148,8 @@ def create(options: RunOptions, device: devices.Device) -> Plan:
     """The Plan of --distribute on this device. Call right after devices.detect(), before
     anything else runs on TensorFlow: MultiWorkerMirroredStrategy must be created first (it
     configures the runtime), and waits here until every worker of TF_CONFIG has started."""
+    if device.backend == "torch":        # devices.torch_variables refused the strategies
+        return single_device()
     import tensorflow as tf
 
     # physical, not logical, devices: listing those would start the runtime, after which

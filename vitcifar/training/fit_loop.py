@@ -12,9 +12,7 @@ import tempfile
 import time
 from contextlib import contextmanager
 
-import numpy as np
-import tensorflow as tf
-
+from vitcifar.backend.keras_compat import keras, to_numpy
 from vitcifar.config.settings import RunOptions, TrainConfig
 from vitcifar.data import input_pipeline
 from vitcifar.runs import checkpoint, run_dir, time_budget
@@ -22,7 +20,6 @@ from vitcifar.runs.checkpoint import RunState
 from vitcifar.runs.time_budget import CALIBRATION_STEPS, CALIBRATION_WARMUP_STEPS
 from vitcifar.training import optimization
 
-keras = tf.keras
 LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate
 
 
@@ -145,6 +142,8 @@ class EpochLog:
     callback lays them out."""
 
     def __init__(self, log_dir: str):
+        import tensorflow as tf              # tf.summary, on either Keras backend
+        self.tf = tf
         self.writers = {split: tf.summary.create_file_writer(os.path.join(log_dir, split))
                         for split in ("train", "validation")}
 
@@ -154,7 +153,7 @@ class EpochLog:
                 continue
             split = "validation" if name.startswith("val_") else "train"
             with self.writers[split].as_default():
-                tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value,
+                self.tf.summary.scalar(f"epoch_{name.removeprefix('val_')}", value,
                                   step=row["epoch"])
         for writer in self.writers.values():
             writer.flush()
@@ -214,9 +213,7 @@ def calibrate(model, config: TrainConfig, options: RunOptions, train_data, augme
     checkpoint.build_optimizer_slots(optimizer, model)   # slots exist; a fresh Adam state:
     getattr(optimizer, "inner_optimizer", optimizer).iterations.assign(0)   # zero moments
     weights = model.get_weights()
-    # through a tensor: Keras 2's MirroredVariable has no numpy conversion of its own
-    slots = [np.asarray(tf.convert_to_tensor(variable))
-             for variable in checkpoint.optimizer_variables(optimizer)]
+    slots = [to_numpy(variable) for variable in checkpoint.optimizer_variables(optimizer)]
 
     per_call = options.steps_per_execution
     warmup = per_call * math.ceil(CALIBRATION_WARMUP_STEPS / per_call)

@@ -41,14 +41,18 @@ from __future__ import annotations
 
 import math
 import re
+import types
 from typing import Optional, Union
 
-import tensorflow as tf
-
-from vitcifar.backend.keras_compat import KERAS_3, register
+from vitcifar.backend.keras_compat import KERAS_3, keras, register, to_numpy
 from vitcifar.config.settings import OPTIMIZERS
 
-keras = tf.keras
+if KERAS_3:        # keras.ops: the schedule runs on TensorFlow and torch alike
+    ops = keras.ops
+else:              # Keras 2 (TF 2.10): keras.ops's names on the TensorFlow functions
+    import tensorflow as tf
+    ops = types.SimpleNamespace(cast=tf.cast, maximum=tf.maximum, cos=tf.cos, where=tf.where,
+                                convert_to_tensor=tf.convert_to_tensor)
 LearningRateSchedule = keras.optimizers.schedules.LearningRateSchedule
 
 LR_SCHEDULES = ("constant", "cosine")     # a plateau run's rate is a constant one here
@@ -75,11 +79,12 @@ class WarmupCosine(LearningRateSchedule):
     continues at floor; recomputing total_steps from the larger --epochs instead would
     stretch the remaining cosine, making the rates jump. warmup_steps 0: no warmup.
 
-    Computed in float32 TF ops from `step` alone (a pure function: no state but the two
-    step counts), so it runs inside compiled train steps on both stacks (Keras 2.10 has no
-    CosineDecay warmup).
+    Computed in float32 ops from `step` alone (a pure function: no state but the two step
+    counts), so it runs inside compiled train steps on every stack (Keras 2.10 has no
+    CosineDecay warmup): keras.ops on Keras 3 (TensorFlow or torch), TF ops on Keras 2.
 
-    Settable steps: `warmup_steps` and `total_steps` are non-trainable int64 tf.Variables,
+    Settable steps: `warmup_steps` and `total_steps` are non-trainable int64 variables
+    (keras.Variable on Keras 3, tf.Variable on Keras 2),
     so `set_steps(total_steps, warmup_steps)` changes them after construction, e.g. once a
     time-budget planner has measured the throughput, and a train step that has already been
     traced reads the new values (no retracing). They are no optimizer variables, so they are
@@ -98,10 +103,11 @@ class WarmupCosine(LearningRateSchedule):
         self.peak = float(peak)
         self.floor = float(floor)
         self.name = name
-        self.warmup_steps = tf.Variable(int(warmup_steps), dtype=tf.int64, trainable=False,
-                                        name=f"{name}_warmup_steps")
-        self.total_steps = tf.Variable(int(total_steps), dtype=tf.int64, trainable=False,
-                                       name=f"{name}_total_steps")
+        variable = keras.Variable if KERAS_3 else tf.Variable
+        self.warmup_steps = variable(int(warmup_steps), dtype="int64", trainable=False,
+                                     name=f"{name}_warmup_steps")
+        self.total_steps = variable(int(total_steps), dtype="int64", trainable=False,
+                                    name=f"{name}_total_steps")
 
     def set_steps(self, total_steps: int, warmup_steps: int) -> None:
         _check_steps(total_steps, warmup_steps)
@@ -109,21 +115,20 @@ class WarmupCosine(LearningRateSchedule):
         self.warmup_steps.assign(int(warmup_steps))
 
     def __call__(self, step):
-        with tf.name_scope(self.name):
-            step = tf.cast(step, tf.float32)
-            warmup = tf.cast(self.warmup_steps, tf.float32)
-            total = tf.cast(self.total_steps, tf.float32)
-            peak = tf.constant(self.peak, tf.float32)
-            floor = tf.constant(self.floor, tf.float32)
-            # Both branches are evaluated by tf.where; the max() keeps warmup 0 finite.
-            warming = peak * (step + 1.0) / tf.maximum(warmup, 1.0)
-            progress = (step - warmup) / tf.maximum(total - warmup, 1.0)         # 0 .. 1
-            cosine = floor + (peak - floor) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-            return tf.where(step < warmup, warming, tf.where(step < total, cosine, floor))
+        step = ops.cast(step, "float32")
+        warmup = ops.cast(self.warmup_steps, "float32")
+        total = ops.cast(self.total_steps, "float32")
+        peak = ops.convert_to_tensor(self.peak, "float32")
+        floor = ops.convert_to_tensor(self.floor, "float32")
+        # Both branches are evaluated by where(); the max() keeps warmup 0 finite.
+        warming = peak * (step + 1.0) / ops.maximum(warmup, 1.0)
+        progress = (step - warmup) / ops.maximum(total - warmup, 1.0)             # 0 .. 1
+        cosine = floor + (peak - floor) * 0.5 * (1.0 + ops.cos(math.pi * progress))
+        return ops.where(step < warmup, warming, ops.where(step < total, cosine, floor))
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": int(self.warmup_steps.numpy()),
-                "total_steps": int(self.total_steps.numpy()), "floor": self.floor,
+        return {"peak": self.peak, "warmup_steps": int(to_numpy(self.warmup_steps)),
+                "total_steps": int(to_numpy(self.total_steps)), "floor": self.floor,
                 "name": self.name}
 
 
@@ -224,7 +229,7 @@ def current_learning_rate(optimizer) -> float:
         rate = optimizer.learning_rate
     if isinstance(rate, LearningRateSchedule):
         rate = rate(optimizer.iterations)
-    return float(tf.convert_to_tensor(rate))
+    return float(to_numpy(rate))
 
 
 def loss_and_metrics(one_hot: bool, label_smoothing: float = 0.0):

@@ -10,7 +10,10 @@ whatever the precision, and a run may resume, evaluate or export in another one.
   CUDA          bfloat16 from compute capability 8.0 (Ampere: bfloat16 tensor cores, and no
                 loss scaling), float16 on 7.x (tensor cores), float32 before.
   DirectML      float32: the plugin registers no bfloat16 kernel for the model's ops
-                (tests/test_directml_ops.py), and this app uses no float16 there.
+                (tests/test_directml_ops.py), and this app uses no float16 there; the same
+                through torch-directml.
+  XPU, MPS      (torch backend) bfloat16 on Intel XPU (Arc and Core Ultra GPUs multiply
+                bfloat16 in their XMX units), float16 on Apple MPS.
   CPU           bfloat16 only where the CPU multiplies bfloat16 in hardware (AMX-BF16 or
                 AVX512-BF16 on x86, BF16 on Arm) and it is faster for this model, which
                 `block_speedup` measures (a few seconds): the gain depends on the model's
@@ -21,7 +24,9 @@ whatever the precision, and a run may resume, evaluate or export in another one.
 --mixed-precision float16 / bfloat16 ask for a format; one the device cannot run is a
 UsageError naming what to use. `on` is float16, as before there were two formats.
 
-Imports TensorFlow only inside functions: cli checks the flags before TensorFlow starts.
+Imports Keras only inside functions: cli checks the flags before Keras starts. The policies
+are Keras's, so the same on its torch backend, where each layer computes in the policy's
+format (Keras casts, as torch's autocast would).
 """
 from __future__ import annotations
 
@@ -86,9 +91,9 @@ def set_policy(setting: str, device: devices.Device, config: TrainConfig,
                workers: int = 1) -> Precision:
     """Decides (`decide`) and makes the result Keras's global policy; call before the model
     is built, and before seeding (a measurement draws random numbers). Returns it."""
-    import tensorflow as tf
+    from vitcifar.backend.keras_compat import keras
     chosen = decide(setting, device, config, workers)
-    tf.keras.mixed_precision.set_global_policy(chosen.policy)
+    keras.mixed_precision.set_global_policy(chosen.policy)
     return chosen
 
 
@@ -111,7 +116,8 @@ def check(name: str, device: devices.Device) -> None:
         return
     flag = f"--mixed-precision {'float16' if name == FLOAT16 else 'bfloat16'}"
     if device.kind == "DirectML":
-        why = DIRECTML_BFLOAT16 if name == BFLOAT16 else "this app trains DirectML in float32"
+        why = (DIRECTML_BFLOAT16 if name == BFLOAT16 and device.backend == "tensorflow"
+               else "this app trains DirectML in float32")
         raise UsageError(f"{flag} is not possible on DirectML ({why}); use --mixed-precision "
                          "auto (float32 there)")
     if name == FLOAT16:
@@ -131,6 +137,10 @@ def check(name: str, device: devices.Device) -> None:
 def _automatic(device: devices.Device, config: TrainConfig, workers: int) -> Precision:
     if device.kind == "DirectML":
         return Precision(FLOAT32, "DirectML: no mixed precision")
+    if device.kind == "XPU":
+        return Precision(BFLOAT16, "Intel XPU: bfloat16 XMX units")
+    if device.kind == "MPS":
+        return Precision(FLOAT16, "Apple MPS: float16")
     if device.kind == "CUDA":
         capability = _capability(device)
         if capability >= (8, 0):
@@ -170,9 +180,9 @@ def _keras_version() -> str:
 
 
 def keras_has_policy(name: str) -> bool:
-    import tensorflow as tf
+    from vitcifar.backend.keras_compat import keras
     try:
-        tf.keras.mixed_precision.Policy(name)
+        keras.mixed_precision.Policy(name)
     except (ValueError, TypeError, AttributeError):
         return False
     return True
@@ -254,8 +264,13 @@ def block_speedup(batch: int, tokens: int, width: int, heads: int, mlp: int, dro
 
 def _block_step(name: str, batch, tokens, width, heads, mlp, dropout, attention_dropout,
                 drop_path):
-    """A tf.function: one training-mode forward and backward pass of a fresh block built
-    under the policy `name`, on a fixed input (drawn without the global seed)."""
+    """A tf.function (on torch, a function): one training-mode forward and backward pass of
+    a fresh block built under the policy `name`, on a fixed input (drawn without the global
+    seed)."""
+    from vitcifar.backend.keras_compat import BACKEND
+    if BACKEND == "torch":
+        return _torch_block_step(name, batch, tokens, width, heads, mlp, dropout,
+                                 attention_dropout, drop_path)
     import tensorflow as tf
 
     from vit_model import TransformerBlock
@@ -276,7 +291,31 @@ def _block_step(name: str, batch, tokens, width, heads, mlp, dropout, attention_
     return step
 
 
+def _torch_block_step(name: str, batch, tokens, width, heads, mlp, dropout, attention_dropout,
+                      drop_path):
+    """_block_step on Keras's torch backend: torch.autograd.grad in place of the tape."""
+    import numpy as np
+    import torch
+
+    from vit_model import TransformerBlock
+    from vitcifar.backend.keras_compat import keras
+    with policy(name):
+        block = TransformerBlock(width, heads, mlp, dropout, drop_path=drop_path,
+                                 attention_dropout=attention_dropout, name="precision_probe")
+        x = keras.ops.cast(np.random.default_rng(0).standard_normal(
+            (batch, tokens, width), dtype=np.float32), block.compute_dtype)
+        block(x)                                                     # builds the weights
+
+    def step():
+        inputs = x.detach().requires_grad_(True)
+        out = keras.ops.sum(keras.ops.cast(block(inputs, training=True), "float32"))
+        weights = [w.value for w in block.trainable_weights]
+        return sum(g.float().sum() for g in torch.autograd.grad(out, [inputs, *weights]))
+    return step
+
+
 def _seconds(step) -> float:
+    from vitcifar.backend.keras_compat import to_numpy
     started = time.perf_counter()
-    step().numpy()
+    to_numpy(step())                        # waits for the device: the result is read
     return time.perf_counter() - started

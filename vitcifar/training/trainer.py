@@ -12,10 +12,9 @@ import sys
 from dataclasses import replace
 from typing import NamedTuple, Optional, Tuple
 
-import tensorflow as tf
-
 import vit_model
 from vitcifar.backend import devices
+from vitcifar.backend.keras_compat import keras
 from vitcifar.config.config_file import to_json
 from vitcifar.config.regularisation import describe_regularisation, regularised, with_choice_of
 from vitcifar.config.settings import RunOptions, TrainConfig
@@ -25,8 +24,6 @@ from vitcifar.runs import resume, run_dir
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import distribution, ending, fit_loop, precision, workers
 from vitcifar.training.compiled import compile_model, local_model
-
-keras = tf.keras
 
 
 def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
