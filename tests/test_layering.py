@@ -191,7 +191,8 @@ def test_flags_are_checked_before_tensorflow_is_imported():
              "vitcifar.backend.devices, vitcifar.errors, vitcifar.data.cifar, "
              "vitcifar.runs.checkpoint, vitcifar.runs.resume, vitcifar.runs.run_dir, "
              "vitcifar.runs.time_budget, vitcifar.training.precision, "
-             "vitcifar.commands.train; print('tensorflow' in sys.modules)")
+             "vitcifar.commands.train, vitcifar.data.image_folders; "
+             "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)
     assert result.stdout.strip() == "False", result.stderr
