@@ -83,12 +83,20 @@ def test_every_setting_of_the_experiment_and_the_run_options_is_a_flag():
     import dataclasses
 
     from vitcifar.config.settings import leaf_fields
-    help_text = flags.build_train_parser("cifar10").format_help()
     names = [f.name for f in leaf_fields() + list(dataclasses.fields(RunOptions))
              if f.metadata.get("cli", True)]
     assert len(names) > 40 and "regularisation" in names
-    for name in names:
-        assert "--" + name.replace("_", "-") in help_text, name
+    folders_only = {"image_size", "test_fraction"}
+    for dataset in ("cifar10", "images"):
+        help_text = flags.build_train_parser(dataset).format_help()
+        for name in names:
+            flag = "--" + name.replace("_", "-")
+            shown = (name in folders_only) == (dataset == "images") or name not in folders_only
+            if name == "data_dir" and dataset == "images":     # DIR, the positional argument
+                assert flag not in help_text and "DIR" in help_text
+            else:
+                assert (flag in help_text) == shown, (dataset, name)
+        assert "--init-from" in help_text
 
 
 def test_steps_per_execution_is_a_flag_and_must_be_positive():

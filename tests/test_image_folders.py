@@ -355,7 +355,7 @@ def test_summary_and_banner_line(tmp_path):
 
 def test_predicts_errors_are_unchanged():
     with pytest.raises(prediction_io.UnreadableImage, match="^nowhere.png cannot be read "):
-        prediction_io.read_images(["nowhere.png"])
+        prediction_io.read_images(["nowhere.png"], 32)
 
 
 @pytest.mark.slow

@@ -17,8 +17,8 @@ import pytest
 from helpers import ROOT
 
 DESIGN_CARD = {"vit_model", "data_augmentations"}
-ROOT_COMMANDS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "export",
-                 "onnx_predict", "visualize", "preview_augmentations", "flops"}
+ROOT_COMMANDS = {"train_cifar10", "train_cifar100", "train_images", "evaluate", "predict",
+                 "export", "onnx_predict", "visualize", "preview_augmentations", "flops"}
 LAYERS = ["vitcifar.errors", "vitcifar.config", "vitcifar.backend", "vitcifar.ops", "design card",
           "vitcifar.data", "vitcifar.runs", "vitcifar.analysis",
           ("vitcifar.training", "vitcifar.deploy"), "vitcifar.commands", "root commands"]

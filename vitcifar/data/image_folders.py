@@ -34,11 +34,11 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from vitcifar.config.datasets import FOLDER_TEST_FRACTION
 from vitcifar.data import prediction_io
 from vitcifar.data.cifar import CifarData
 from vitcifar.errors import UsageError
 
-TEST_FRACTION = 0.2           # share of each class held out when there is no test/
 SPLITS = ("train", "test")
 JUNK_FOLDERS = {"__macosx", "@eadir", "$recycle.bin", "system volume information"}
 OTHER_IMAGE_SUFFIXES = {".webp", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jfif", ".jpe",
@@ -89,7 +89,7 @@ class ImageFolderData(CifarData):
                 f"file{'' if len(self.skipped) == 1 else 's'} skipped")
 
 
-def load(root: str, image_size: int = 32, test_fraction: float = TEST_FRACTION,
+def load(root: str, image_size: int = 32, test_fraction: float = FOLDER_TEST_FRACTION,
          seed: int = 0, max_pixels: Optional[int] = None,
          workers: Optional[int] = None) -> ImageFolderData:
     """Reads DIR (`root`) as the module docstring says. max_pixels: width x height above

@@ -143,9 +143,9 @@ def _rgb(image):
     return image.convert("RGB")
 
 
-def read_images(paths: List[str]) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 of image files."""
-    return np.stack([read_image(path) for path in paths])
+def read_images(paths: List[str], size: int) -> np.ndarray:
+    """(N, size, size, 3) uint8 of image files (size: the run's image size)."""
+    return np.stack([read_image(path, size) for path in paths])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -85,6 +85,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, mode
                          "it again") from None
     results = {
         "dataset": config.dataset,
+        **({"data": data.summary()} if data.summary() is not None else {}),
         **evaluate_test(model, config, data.x_test, data.y_test, config.batch_size),
         "best_val_top1": state.best_val_top1,
         "best_epoch": state.best_epoch,
