@@ -233,7 +233,7 @@ class TrainConfig:
     # Derived facts, in one place so that model, data and checks agree.
     @property
     def num_classes(self) -> int:
-        return self.folder_classes or DATASETS[self.dataset].num_classes
+        return self.folder_classes if self.dataset == IMAGES else DATASETS[self.dataset].num_classes
 
     @property
     def display_name(self) -> str:
