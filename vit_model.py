@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 
 from vitcifar.backend.keras_compat import KERAS_3, register
-from vitcifar.config.datasets import IMAGE_SIZE
 from vitcifar.config.settings import POOLINGS, patch_grid_side
 from vitcifar.ops.kernels import (attend, attend_plain, attention_weights, extracted_patches,
                                   gathered_patches, gelu, keras, layer_norm, matmul, ops,
@@ -360,15 +359,16 @@ class VisionTransformer(keras.Model):
 
 
 def build_model(config) -> VisionTransformer:
-    """The model a TrainConfig describes, built (weights created) for 32x32x3 images."""
+    """The model a TrainConfig describes, built (weights created) for its SxSx3 images."""
     model = VisionTransformer(
-        num_classes=config.num_classes, image_size=IMAGE_SIZE, patch_size=config.patch_size,
-        patch_stride=config.patch_stride, num_layers=config.num_layers,
+        num_classes=config.num_classes, image_size=config.image_size,
+        patch_size=config.patch_size, patch_stride=config.patch_stride,
+        num_layers=config.num_layers,
         embedding_dim=config.embedding_dim, num_heads=config.num_heads,
         mlp_hidden_dim=config.mlp_hidden_dim, head_units=config.head_units,
         dropout=config.dropout, drop_path=config.drop_path,
         attention_dropout=config.attention_dropout, pooling=config.pooling, name="vit")
-    model(ops.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), "uint8"))
+    model(ops.zeros((1, config.image_size, config.image_size, 3), "uint8"))
     return model
 
 

@@ -9,7 +9,8 @@ import pytest
 import archives  # imports no TensorFlow
 import helpers  # noqa: F401  (sets TensorFlow's log level before it is imported)
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, override
+from vitcifar.config.settings import RunOptions
+from vitcifar.config.views import override
 from vitcifar.runs import run_dir
 
 

@@ -117,3 +117,16 @@ def test_learning_check_keeps_its_data_so_the_kept_run_evaluates(tmp_path):
     evaluated = run_app("evaluate.py", run)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert evaluated.stdout.splitlines()[-1] == "results.json: the same"
+
+
+@pytest.mark.slow
+def test_image_folder_loading_benchmark_prints_images_per_second_by_threads():
+    result = run_module("benchmarks.image_folder_loading", "--images", 40, "--runs", 1,
+                        "--workers", 1, 2, "--source-size", 48, "--format", "jpeg",
+                        "--train-rate", 1000)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = re.findall(r"^(\d) threads? +([\d,]+)  \(([\d,]+) - ([\d,]+)\)$", result.stdout, re.M)
+    assert [row[0] for row in rows] == ["1", "2"], result.stdout
+    assert all(float(rate.replace(",", "")) > 0 for _, rate, _, _ in rows)
+    assert "40 48x48 JPEG files, 10 classes" in result.stdout
+    assert "one training epoch of 40 images at 1,000 images/s takes 0.0 s" in result.stdout

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import override
+from vitcifar.config.views import override
 from vitcifar.errors import RunStopped
 from vitcifar.runs import checkpoint, run_dir
 from vitcifar.runs.checkpoint import RunState, WeightsError

@@ -4,9 +4,10 @@ import json
 
 import pytest
 
-from vitcifar.config import config_file, settings
+from vitcifar.config import config_file, views
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import Augmentation, RunOptions, TrainConfig, override
+from vitcifar.config.settings import Augmentation, RunOptions, TrainConfig
+from vitcifar.config.views import override
 from vitcifar.errors import UsageError
 
 
@@ -32,7 +33,7 @@ def test_a_config_json_of_another_format_is_refused_and_run_options_may_be_missi
     """A flat dict (no "format") or another format number is refused with what to do; a
     missing run option gets its default, as any run option may change on resuming."""
     flat_values = {k: list(v) if isinstance(v, tuple) else v
-                   for k, v in settings.flat(PRESETS["tiny"]).items()}
+                   for k, v in views.flat(PRESETS["tiny"]).items()}
     with pytest.raises(UsageError, match=r"config.json has no format; this version of the "
                                          r"app reads format 2 only"):
         config_file.from_json(flat_values)
@@ -62,7 +63,7 @@ def test_resume_differences_leave_out_the_resumable_settings_and_list_every_othe
     saved = PRESETS["sample"]
     wanted = override(saved, epochs=200, learning_rate=1e-4, patience=3, num_layers=4,
                       flip=False)
-    assert settings.differences_that_block_resume(saved, wanted) == [
+    assert views.differences_that_block_resume(saved, wanted) == [
         ("num_layers", 8, 4), ("flip", True, False)]
 
 

@@ -108,7 +108,8 @@ import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, override
+from vitcifar.config.settings import RunOptions
+from vitcifar.config.views import override
 from vitcifar.data import cifar
 from vitcifar.training import distribution, trainer
 # no randomness but the seeded initial weights and order: dropout and augmentation off

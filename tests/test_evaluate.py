@@ -6,7 +6,8 @@ import pytest
 
 from vitcifar.commands import evaluate
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, override
+from vitcifar.config.settings import RunOptions
+from vitcifar.config.views import override
 from vitcifar.data import cifar
 from vitcifar.runs import run_dir
 

@@ -14,7 +14,7 @@ from vitcifar.backend import keras_compat
 from vitcifar.commands import export
 from vitcifar.config.datasets import CIFAR10_CLASSES
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import override
+from vitcifar.config.views import override
 from vitcifar.data import cifar
 from vitcifar.deploy import deployed_model, model_export
 from vitcifar.runs import checkpoint, run_dir

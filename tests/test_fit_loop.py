@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from vit_model import build_model
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import override
+from vitcifar.config.views import override
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import compiled, fit_loop
 

@@ -4,7 +4,8 @@ import pytest
 from helpers import run_app
 from vitcifar.config import flags
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, TrainConfig, override
+from vitcifar.config.settings import RunOptions, TrainConfig
+from vitcifar.config.views import override
 from vitcifar.errors import UsageError
 
 
@@ -82,13 +83,21 @@ def test_abbreviated_flags_are_refused_and_unknown_ones_get_the_nearest_name():
 def test_every_setting_of_the_experiment_and_the_run_options_is_a_flag():
     import dataclasses
 
-    from vitcifar.config.settings import leaf_fields
-    help_text = flags.build_train_parser("cifar10").format_help()
+    from vitcifar.config.views import leaf_fields
     names = [f.name for f in leaf_fields() + list(dataclasses.fields(RunOptions))
              if f.metadata.get("cli", True)]
     assert len(names) > 40 and "regularisation" in names
-    for name in names:
-        assert "--" + name.replace("_", "-") in help_text, name
+    folders_only = {"image_size", "test_fraction"}
+    for dataset in ("cifar10", "images"):
+        help_text = flags.build_train_parser(dataset).format_help()
+        for name in names:
+            flag = "--" + name.replace("_", "-")
+            shown = (name in folders_only) == (dataset == "images") or name not in folders_only
+            if name == "data_dir" and dataset == "images":     # DIR, the positional argument
+                assert flag not in help_text and "DIR" in help_text
+            else:
+                assert (flag in help_text) == shown, (dataset, name)
+        assert "--init-from" in help_text
 
 
 def test_steps_per_execution_is_a_flag_and_must_be_positive():

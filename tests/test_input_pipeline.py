@@ -7,7 +7,8 @@ import data_augmentations as aug
 from helpers import random_op
 from vit_model import build_model
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import Augmentation, TrainConfig, override
+from vitcifar.config.settings import Augmentation, TrainConfig
+from vitcifar.config.views import override
 from vitcifar.data import input_pipeline
 from vitcifar.training import compiled
 

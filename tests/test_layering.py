@@ -17,8 +17,8 @@ import pytest
 from helpers import ROOT
 
 DESIGN_CARD = {"vit_model", "data_augmentations"}
-ROOT_COMMANDS = {"train_cifar10", "train_cifar100", "evaluate", "predict", "export",
-                 "onnx_predict", "visualize", "preview_augmentations", "flops"}
+ROOT_COMMANDS = {"train_cifar10", "train_cifar100", "train_images", "evaluate", "predict",
+                 "export", "onnx_predict", "visualize", "preview_augmentations", "flops"}
 LAYERS = ["vitcifar.errors", "vitcifar.config", "vitcifar.backend", "vitcifar.ops", "design card",
           "vitcifar.data", "vitcifar.runs", "vitcifar.analysis",
           ("vitcifar.training", "vitcifar.deploy"), "vitcifar.commands", "root commands"]
@@ -191,7 +191,8 @@ def test_flags_are_checked_before_tensorflow_is_imported():
              "vitcifar.backend.devices, vitcifar.errors, vitcifar.data.cifar, "
              "vitcifar.runs.checkpoint, vitcifar.runs.resume, vitcifar.runs.run_dir, "
              "vitcifar.runs.time_budget, vitcifar.training.precision, "
-             "vitcifar.commands.train; print('tensorflow' in sys.modules)")
+             "vitcifar.commands.train, vitcifar.data.image_folders; "
+             "print('tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             cwd=ROOT, timeout=60)
     assert result.stdout.strip() == "False", result.stderr

@@ -29,7 +29,7 @@ def write_images(folder):
 def test_images_become_32x32_rgb_uint8_whatever_their_mode(tmp_path):
     paths = write_images(tmp_path)
     assert prediction_io.image_paths([str(tmp_path)]) == paths
-    read = prediction_io.read_images(paths)
+    read = prediction_io.read_images(paths, 32)
     assert read.shape == (4, 32, 32, 3) and read.dtype == np.uint8
     square = np.asarray(Image.open(paths[0]))
     np.testing.assert_array_equal(read[0], square)        # 32x32 RGB is kept as it is

@@ -12,7 +12,8 @@ import pytest
 from helpers import ROOT, app_environment
 from vitcifar.backend import devices
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, override
+from vitcifar.config.settings import RunOptions
+from vitcifar.config.views import override
 from vitcifar.errors import UsageError
 from vitcifar.training import precision
 

@@ -12,7 +12,8 @@ from vitcifar.config import flags
 from vitcifar.config.config_file import to_json
 from vitcifar.config.presets import PRESETS
 from vitcifar.config.regularisation import regularisation_rule, regularisation_strength, regularised
-from vitcifar.config.settings import RULE_SETTINGS, RunOptions, flat, override
+from vitcifar.config.settings import RULE_SETTINGS, RunOptions
+from vitcifar.config.views import flat, override
 from vitcifar.errors import UsageError
 from vitcifar.runs import resume
 

@@ -7,7 +7,8 @@ import pytest
 
 from vitcifar.config.config_file import to_json
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, override
+from vitcifar.config.settings import RunOptions
+from vitcifar.config.views import override
 from vitcifar.errors import UsageError
 from vitcifar.runs import resume, run_dir
 

@@ -66,11 +66,11 @@ def preset_steps(name, stand_in=False):
     `stand_in`: tests/stand_in_model.py's linear model in place of the ViT, for the ops of
     the optimizer, schedule, loss and metrics alone."""
     import numpy as np
-
     import stand_in_model
+
     import vit_model
     from vitcifar.config.presets import PRESETS
-    from vitcifar.config.settings import override
+    from vitcifar.config.views import override
     from vitcifar.data import input_pipeline
     from vitcifar.training.compiled import compile_model
 

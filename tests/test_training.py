@@ -23,7 +23,8 @@ from vit_model import build_model
 from vitcifar.backend import devices
 from vitcifar.config.config_file import to_json
 from vitcifar.config.presets import PRESETS
-from vitcifar.config.settings import RunOptions, override
+from vitcifar.config.settings import RunOptions
+from vitcifar.config.views import override
 from vitcifar.data import cifar
 from vitcifar.errors import RunStopped
 from vitcifar.runs import checkpoint, resume, run_dir

@@ -13,9 +13,10 @@ from vitcifar.config.settings import patch_grid_side
 TRAIN_STEP_FACTOR = 3
 
 
-def forward_flops_per_image(config, image_size: int = 32, channels: int = 3) -> dict:
-    """{part: FLOPs} of one image's forward pass for a TrainConfig-like object."""
-    side = patch_grid_side(image_size, config.patch_size, config.patch_stride)
+def forward_flops_per_image(config, channels: int = 3) -> dict:
+    """{part: FLOPs} of one (S, S, channels) image's forward pass for a TrainConfig-like
+    object (S: config.image_size)."""
+    side = patch_grid_side(config.image_size, config.patch_size, config.patch_stride)
     n = side * side                                  # patches
     t = n + (config.pooling == "class_token")        # tokens, a class token included
     d, m = config.embedding_dim, config.mlp_hidden_dim

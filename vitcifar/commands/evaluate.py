@@ -56,8 +56,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     batch_size = run.config.batch_size if args.batch_size is None else args.batch_size
     if batch_size < 1:
         raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
-    from vitcifar.data import cifar
-    data = cifar.load(run.config.dataset, run.data_dir(args.data_dir))
+    from vitcifar.data import sources
+    data = sources.load(run.config, run.data_dir(args.data_dir))
     x_test, y_test = data.x_test, data.y_test
     measured = evaluate_run(run, x_test, y_test, batch_size)
     print(f"{run.config.display_name} test set, {len(x_test):,} images: top-1 "

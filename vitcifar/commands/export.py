@@ -26,7 +26,6 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from vitcifar.backend import devices
-from vitcifar.config.datasets import IMAGE_SIZE
 from vitcifar.config.flags import Parser, add_saved_run_arguments, add_verbose_flag
 from vitcifar.errors import RunStopped, UsageError, entry_point, first_line
 from vitcifar.runs import checkpoint, run_dir
@@ -224,8 +223,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     check_packages(args.format, bool(args.quantize), args.run_dir)
     data = None
     if args.quantize:
-        from vitcifar.data import cifar
-        data = cifar.load(run.config.dataset, run.data_dir(args.data_dir))
+        from vitcifar.data import sources
+        data = sources.load(run.config, run.data_dir(args.data_dir))
 
     from vitcifar.deploy import model_export
     model = model_export.inference_model(run.config)
@@ -235,8 +234,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     described = (f"{run.config.display_name}, preset {values['preset']}, test top-1 "
                  + ("unknown" if stored_top1 is None else f"{stored_top1:.2%}"))
 
-    images = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, IMAGE_SIZE, IMAGE_SIZE, 3),
-                                               np.uint8)
+    side = run.config.image_size                              # S: the run's images are SxS
+    images = np.random.default_rng(0).integers(0, 256, (CHECK_IMAGES, side, side, 3), np.uint8)
     expected = model(images, training=False).numpy()
     differences = []
 

@@ -37,6 +37,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError(f"--device-id must be 0 or more, got {args.device_id}")
     model = deployed_model.open_model(args.model, args.provider, args.device_id)
     paths = prediction_io.image_paths(args.images)
-    probabilities = model.run(prediction_io.read_images(paths))[deployed_model.PROBABILITIES]
+    images = prediction_io.read_images(paths, model.image_size)       # the export's input size
+    probabilities = model.run(images)[deployed_model.PROBABILITIES]
     print(prediction_io.report(paths, probabilities, model.class_names, args.top_k, args.json))
     return 0

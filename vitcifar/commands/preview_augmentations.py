@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 from vitcifar.backend import devices
 from vitcifar.config.datasets import DATASETS
 from vitcifar.config.flags import Parser, parse_train_flags
-from vitcifar.config.settings import override
+from vitcifar.config.views import override
 from vitcifar.errors import UsageError, entry_point
 
 

@@ -11,10 +11,11 @@ import argparse
 from typing import Callable, List, Optional, Tuple
 
 from vitcifar.backend import devices
+from vitcifar.config.datasets import IMAGES
 from vitcifar.config.flags import build_train_parser, configs_from_args, given_settings
 from vitcifar.config.settings import RunOptions, TrainConfig, flag_name
 from vitcifar.errors import entry_point
-from vitcifar.runs import resume
+from vitcifar.runs import folder_run, init_from, resume
 from vitcifar.training import distribution, precision
 
 
@@ -38,6 +39,11 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     message)."""
     args = build_train_parser(dataset).parse_args(argv)
     config, options = train_settings(dataset, args)
+    init = (init_from.open_source(args.init_from, config)
+            if getattr(args, "init_from", None) else None)
+    data = None                      # an images run reads its folder now, before TensorFlow
+    if dataset == IMAGES:
+        config, data = folder_run.read(config, options, getattr(args, "restart", False))
     devices.prepare_environment(options.gpu, options.distribute,
                                 verbose=getattr(args, "verbose", False),
                                 backend=options.backend)
@@ -54,9 +60,9 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
             print(f"warning: {warning}")
     from vitcifar.data import cifar
     from vitcifar.training import trainer
-    data = cifar.load(config.dataset, options.data_dir)
+    data = data if data is not None else cifar.load(config.dataset, options.data_dir)
     trainer.run(config, options, data, device, restart=getattr(args, "restart", False),
-                 cluster=cluster)
+                cluster=cluster, init=init)
     return 0
 
 

@@ -28,8 +28,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     run = run_dir.open_run(args.run_dir)
     from vit_model import build_model
-    from vitcifar.data import cifar
-    data = cifar.load(run.config.dataset, run.data_dir(args.data_dir))
+    from vitcifar.data import sources
+    data = sources.load(run.config, run.data_dir(args.data_dir))
     if not 0 <= args.patches < len(data.x_test):
         raise UsageError(f"--patches {args.patches} is not a test image index; the test "
                          f"set has {len(data.x_test)} images (0..{len(data.x_test) - 1})")

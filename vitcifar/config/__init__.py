@@ -2,6 +2,7 @@
 chosen, before TensorFlow is imported.
 
     settings        TrainConfig (the experiment), RunOptions (this machine), validation
+    views           the flat views: leaf fields, flat(), override(), differences
     presets         the named presets, each documented: source, reported accuracy, command
     regularisation  the rule of regularisation "auto"
     config_file     config.json's layout

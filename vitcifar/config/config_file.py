@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Tuple
 
-from vitcifar.config.settings import CONFIG_FORMAT, RunOptions, TrainConfig, leaf_fields, override
+from vitcifar.config.settings import CONFIG_FORMAT, RunOptions, TrainConfig
+from vitcifar.config.views import leaf_fields, override
 from vitcifar.errors import UsageError
 
 

@@ -1,6 +1,8 @@
 """The datasets the app trains on: CIFAR-10 and CIFAR-100, every fact about them in one place
 (names, image size, classes and their names, the official archives' names, layout and
-checksums). No TensorFlow: flags are checked against these before it starts.
+checksums), and "images", your own class folders (train_images.py), whose classes, image size
+and test split a run's config records. No TensorFlow: flags are checked against these before
+it starts.
 
 Class names are listed in label order as the official archives' meta files list them:
 keras.datasets returns labels without names, so that path uses these; archives read with
@@ -12,6 +14,9 @@ from typing import Tuple
 IMAGE_SIZE = 32                                  # CIFAR images are 32x32x3 uint8
 PIXELS = IMAGE_SIZE * IMAGE_SIZE * 3             # bytes per image in the official batches
 DOWNLOAD_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+IMAGES = "images"              # a folder of class folders (train_images.py, image_folders.py)
+IMAGES_DISPLAY_NAME = "your images"
+FOLDER_TEST_FRACTION = 0.2     # share of each class held out when a folder has no test/
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
@@ -59,3 +64,4 @@ DATASETS = {
         ("train",), ("test",), "meta", b"fine_labels", b"fine_label_names",
         "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7"),
 }
+DATASET_NAMES = (*DATASETS, IMAGES)      # what TrainConfig.dataset may be

@@ -11,11 +11,11 @@ import re
 import typing
 from typing import Dict, List, Optional, Tuple
 
-from vitcifar.config.datasets import DATASETS
+from vitcifar.config.datasets import DATASETS, IMAGES
 from vitcifar.config.presets import PRESETS
 from vitcifar.config.regularisation import noting_given
-from vitcifar.config.settings import (Augmentation, RunOptions, TrainConfig, flag_name, flat,
-                                      leaf_fields, override)
+from vitcifar.config.settings import Augmentation, RunOptions, TrainConfig, flag_name
+from vitcifar.config.views import flat, leaf_fields, override
 from vitcifar.errors import UsageError
 
 
@@ -54,19 +54,32 @@ def _type_hints() -> dict:
     return hints
 
 
-def setting_fields() -> List[dataclasses.Field]:
-    """Every field that is a training flag: the experiment's leaves, then the run options."""
-    return [f for f in leaf_fields(TrainConfig) + list(dataclasses.fields(RunOptions))
-            if f.metadata.get("cli", True)]
+def setting_fields(dataset: str) -> List[dataclasses.Field]:
+    """Every field that is a training flag of `dataset`'s command: the experiment's leaves,
+    then the run options. A CIFAR command has not the folder's settings (folders=True);
+    train_images.py has no --data-dir: its DIR argument is the data."""
+    every = [f for f in leaf_fields(TrainConfig) + list(dataclasses.fields(RunOptions))
+             if f.metadata.get("cli", True)]
+    if dataset == IMAGES:
+        return [f for f in every if f.name != "data_dir"]
+    return [f for f in every if not f.metadata.get("folders")]
 
 
 def build_train_parser(dataset: str) -> Parser:
-    name = DATASETS[dataset].display_name
-    parser = Parser(
-        prog=f"train_{dataset}.py",
-        description=f"Train a Vision Transformer from scratch on {name}, on a DirectML or "
-                    "CUDA GPU or the CPU. Each flag overrides the chosen preset.",
-        argument_default=argparse.SUPPRESS)
+    if dataset == IMAGES:
+        parser = Parser(
+            prog="train_images.py", argument_default=argparse.SUPPRESS,
+            description="Train a Vision Transformer on your own images, DIR/train/CLASS/ (and "
+                        "DIR/test/CLASS/), on a DirectML or CUDA GPU or the CPU. Each flag "
+                        "overrides the chosen preset.")
+        parser.add_argument("data_dir", metavar="DIR", help="the folder of class folders: "
+                            "DIR/train/CLASS/*.jpg|png|gif|bmp, optionally DIR/test/CLASS/")
+    else:
+        parser = Parser(
+            prog=f"train_{dataset}.py", argument_default=argparse.SUPPRESS,
+            description=f"Train a Vision Transformer from scratch on "
+                        f"{DATASETS[dataset].display_name}, on a DirectML or CUDA GPU or the "
+                        "CPU. Each flag overrides the chosen preset.")
     parser.add_argument("--preset", choices=sorted(PRESETS),
                         help="named starting configuration (default: sample, the seed "
                              "sample's model and schedule); with an --output-dir that holds "
@@ -76,8 +89,12 @@ def build_train_parser(dataset: str) -> Parser:
     parser.add_argument("--restart", action="store_true",
                         help="start the run in --output-dir over, with the preset and the "
                              "flags given, instead of resuming it")
+    parser.add_argument("--init-from", metavar="RUN_DIR",
+                        help="start from that run's best weights (all but the classifier when "
+                             "the classes differ; the position table resized when the patch "
+                             "grid differs); a resumed run keeps its own weights")
     add_verbose_flag(parser)
-    add_setting_flags(parser)
+    add_setting_flags(parser, dataset)
     return parser
 
 
@@ -91,12 +108,12 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_saved_run_arguments(parser: argparse.ArgumentParser) -> None:
     """RUN_DIR and --data-dir, for the commands that read a saved run and the test set."""
-    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py / "
-                                        "train_cifar100.py")
+    parser.add_argument("run_dir", help="a run directory written by train_cifar10.py, "
+                                        "train_cifar100.py or train_images.py")
     parser.add_argument("--data-dir", help="where the test set is: a folder holding the "
                                            "CIFAR archive or its extracted folder, or the "
-                                           "archive file itself (default: where the run "
-                                           "read its data)")
+                                           "archive file itself; for a train_images.py run, "
+                                           "its DIR (default: where the run read its data)")
 
 
 def add_backend_flag(parser: argparse.ArgumentParser) -> None:
@@ -124,11 +141,12 @@ def verbose_requested(argv: List[str]) -> bool:
     return "--verbose" in (argv[:argv.index("--")] if "--" in argv else argv)
 
 
-def add_setting_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting, its help ending with the sample preset's value."""
+def add_setting_flags(parser: argparse.ArgumentParser, dataset: str) -> None:
+    """One flag per setting of `dataset`'s command, its help ending with the sample
+    preset's value."""
     hints = _type_hints()
     shown_defaults = {**flat(PRESETS["sample"]), **dataclasses.asdict(RunOptions())}
-    for field in setting_fields():
+    for field in setting_fields(dataset):
         default = shown_defaults[field.name]
         shown = " ".join(map(str, default)) if isinstance(default, tuple) else default
         help_text = f"{field.metadata['help']} (sample: {shown})"
@@ -145,7 +163,7 @@ def add_setting_flags(parser: argparse.ArgumentParser) -> None:
 def given_settings(args: argparse.Namespace) -> Dict[str, object]:
     """{setting: value} of the setting flags given on the command line (nargs lists as
     tuples); flags not given are absent (the parser suppresses their defaults)."""
-    names = {f.name for f in setting_fields()}
+    names = {f.name for dataset in (IMAGES, *DATASETS) for f in setting_fields(dataset)}
     return {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items()
             if k in names}
 

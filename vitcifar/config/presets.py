@@ -70,7 +70,8 @@ CIFAR-10 / 73.81% CIFAR-100 top-1 after 100 epochs with repeated augmentation x3
 """
 from __future__ import annotations
 
-from vitcifar.config.settings import RANDAUGMENT_OPS, TrainConfig, override
+from vitcifar.config.settings import RANDAUGMENT_OPS, TrainConfig
+from vitcifar.config.views import override
 
 
 def _preset(**values) -> TrainConfig:

@@ -7,7 +7,8 @@ import dataclasses
 import math
 from typing import Dict
 
-from vitcifar.config.settings import RULE_SETTINGS, TrainConfig, flag_name, flat, override
+from vitcifar.config.settings import RULE_SETTINGS, TrainConfig, flag_name
+from vitcifar.config.views import flat, override
 
 # The longer a ViT trains on little data, the more augmentation and regularisation pay; at a
 # few epochs they cost more than they bring (Steiner et al. 2021, "How to train your ViT?",

@@ -21,7 +21,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from vitcifar.config.datasets import DATASETS, IMAGE_SIZE
+from vitcifar.config.datasets import (DATASET_NAMES, DATASETS, FOLDER_TEST_FRACTION, IMAGE_SIZE,
+                                      IMAGES, IMAGES_DISPLAY_NAME)
 from vitcifar.errors import UsageError
 
 # RandAugment's operations, each with its bound at magnitude MAX_MAGNITUDE in the units of
@@ -67,9 +68,9 @@ def flag_name(name: str) -> str:
 
 def _flag(help_text: str, **metadata) -> dict:
     """Field metadata: the flag's help, and optionally cli=False (not a flag), choices,
-    resumable=True (an experiment field that may change when a run is resumed) and
+    resumable=True (an experiment field that may change when a run is resumed),
     optional=True (a config.json that lacks it gets its default, which is what such runs
-    did)."""
+    did) and folders=True (a flag of train_images.py only: CIFAR runs keep the default)."""
     return {"help": help_text, **metadata}
 
 
@@ -143,11 +144,20 @@ class TrainConfig:
     """The experiment: everything that decides what a run learns. Flags: --field-name, and
     the augmentation's fields under their own names (--crop-padding, ...)."""
 
-    dataset: str = field(default="cifar10", metadata=_flag("cifar10 or cifar100", cli=False))
+    dataset: str = field(default="cifar10", metadata=_flag(
+        "cifar10, cifar100, or images (class folders, train_images.py)", cli=False))
+    image_size: int = field(default=IMAGE_SIZE, metadata=_flag(   # S, pixels per side
+        "side the images are resized to, in pixels; the patch grid follows", optional=True,
+        folders=True))
+    test_fraction: float = field(default=FOLDER_TEST_FRACTION, metadata=_flag(
+        "share of each class held out for testing when DIR has no test/", optional=True,
+        folders=True))
+    folder_classes: int = field(default=0, metadata=_flag(      # train_images.py sets it
+        "an images run's class folders (0: CIFAR's classes)", cli=False, optional=True))
     validation_fraction: float = field(default=0.15, metadata=_flag(
         "fraction of the training set held out for validation (the sample's 0.15 leaves "
         "42,500 CIFAR training images)"))
-    # --- model: 32x32 image -> (32-patch)/stride+1 squared patches -------------------------
+    # --- model: SxS image (S = image_size) -> ((S-patch)/stride+1)^2 patches ---------------
     patch_size: int = field(default=4, metadata=_flag("patch side in pixels"))
     patch_stride: int = field(default=4, metadata=_flag(
         "step between patches in pixels; smaller than --patch-size gives overlapping patches"))
@@ -224,11 +234,12 @@ class TrainConfig:
     # Derived facts, in one place so that model, data and checks agree.
     @property
     def num_classes(self) -> int:
-        return DATASETS[self.dataset].num_classes
+        return self.folder_classes if self.dataset == IMAGES else DATASETS[self.dataset].num_classes
 
     @property
     def display_name(self) -> str:
-        return DATASETS[self.dataset].display_name
+        spec = DATASETS.get(self.dataset)
+        return spec.display_name if spec else IMAGES_DISPLAY_NAME
 
     @property
     def soft_labels(self) -> bool:
@@ -247,10 +258,15 @@ class TrainConfig:
 
     def _check_values(self) -> None:
         """Each setting on its own: the dataset, counts, rates and fractions in range."""
-        if self.dataset not in DATASETS:
-            raise UsageError(f"unknown dataset {self.dataset!r}; use one of {', '.join(DATASETS)}")
-        positive = ["patch_size", "patch_stride", "num_layers", "embedding_dim", "num_heads",
-                    "mlp_hidden_dim", "batch_size", "epochs", "patience"]
+        if self.dataset not in DATASET_NAMES:
+            raise UsageError(f"unknown dataset {self.dataset!r}; use one of "
+                             f"{', '.join(DATASET_NAMES)}")
+        if self.dataset != IMAGES and (self.image_size, self.test_fraction, self.folder_classes
+                                       ) != (IMAGE_SIZE, FOLDER_TEST_FRACTION, 0):
+            raise UsageError(f"{self.display_name} images are {IMAGE_SIZE}x{IMAGE_SIZE} with a "
+                             "test set: --image-size and --test-fraction are train_images.py's")
+        positive = ["image_size", "patch_size", "patch_stride", "num_layers", "embedding_dim",
+                    "num_heads", "mlp_hidden_dim", "batch_size", "epochs", "patience"]
         for name in positive:
             _check_positive(self, name)
         if any(units <= 0 for units in self.head_units):
@@ -284,25 +300,27 @@ class TrainConfig:
         if self.time_budget < 0:
             raise UsageError(f"--time-budget must be 0 (off) or positive minutes, got "
                              f"{self.time_budget}")
-        if not 0 < self.validation_fraction < 1:
-            raise UsageError("--validation-fraction must be between 0 and 1, "
-                             f"got {self.validation_fraction}")
+        for name in ("validation_fraction", "test_fraction"):
+            if not 0 < getattr(self, name) < 1:
+                raise UsageError(f"{flag_name(name)} must be between 0 and 1, "
+                                 f"got {getattr(self, name)}")
         if self.early_stopping < 0:
             raise UsageError(f"--early-stopping must be 0 or more, got {self.early_stopping}")
 
     def _check_model_and_rule(self) -> None:
         """The patch grid tiles the image, heads divide the width; the rule's own fields."""
-        if self.patch_size > IMAGE_SIZE:
-            raise UsageError(f"--patch-size {self.patch_size} is larger than the "
-                             f"{IMAGE_SIZE}x{IMAGE_SIZE} image; use at most {IMAGE_SIZE}")
-        if (IMAGE_SIZE - self.patch_size) % self.patch_stride:
-            fits = [s for s in range(1, self.patch_size + 1)
-                    if (IMAGE_SIZE - self.patch_size) % s == 0]
+        size = self.image_size                           # S: the image is S x S pixels
+        if self.patch_size > size:
+            raise UsageError(f"--patch-size {self.patch_size} is larger than the {size}x{size} "
+                             f"image; use at most {size}, or a larger --image-size")
+        if (size - self.patch_size) % self.patch_stride:
+            fits = [s for s in range(1, self.patch_size + 1) if (size - self.patch_size) % s == 0]
             raise UsageError(
                 f"--patch-size {self.patch_size} with --patch-stride {self.patch_stride} does not "
-                f"tile the {IMAGE_SIZE}x{IMAGE_SIZE} image (the last "
-                f"{(IMAGE_SIZE - self.patch_size) % self.patch_stride} pixels would be dropped); "
-                f"use a stride from {fits}")
+                f"tile the {size}x{size} image (the last "
+                f"{(size - self.patch_size) % self.patch_stride} pixels would be dropped); "
+                f"use a stride from {fits}, or an --image-size that is {self.patch_size} plus a "
+                f"multiple of {self.patch_stride}")
         if self.embedding_dim % self.num_heads:
             raise UsageError(f"--embedding-dim {self.embedding_dim} is not divisible by "
                              f"--num-heads {self.num_heads}; pick heads that divide it")
@@ -388,53 +406,3 @@ def _check_positive(settings, name: str) -> None:
     if getattr(settings, name) <= 0:
         raise UsageError(f"{flag_name(name)} must be a positive whole number, "
                          f"got {getattr(settings, name)}")
-
-
-# --- flat views: flags and config.json name the augmentation's fields without a prefix -------
-
-def leaf_fields(cls=TrainConfig) -> List[dataclasses.Field]:
-    """The fields of `cls` with the nested dataclass fields (augmentation) replaced by
-    theirs: the flat list of settings that flags and messages name."""
-    fields = []
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("nested"):
-            fields.extend(leaf_fields(f.default_factory))
-        else:
-            fields.append(f)
-    return fields
-
-
-def flat(config: TrainConfig) -> Dict[str, object]:
-    """{leaf field: value} of the experiment, the augmentation's fields included."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-              if not f.metadata.get("nested")}
-    values.update({f.name: getattr(config.augmentation, f.name)
-                   for f in dataclasses.fields(Augmentation)})
-    return values
-
-
-def override(config: TrainConfig, **values) -> TrainConfig:
-    """`config` with leaf fields replaced, the augmentation's by their own names:
-    override(PRESETS["tiny"], epochs=2, mixup_alpha=0.2). Unknown names raise TypeError."""
-    augmentation_names = {f.name for f in dataclasses.fields(Augmentation)}
-    augmentation = {k: v for k, v in values.items() if k in augmentation_names}
-    top = {k: v for k, v in values.items() if k not in augmentation_names}
-    return dataclasses.replace(config, **top, augmentation=dataclasses.replace(
-        config.augmentation, **augmentation))
-
-
-def listed_differences(differences) -> str:
-    """(field, value, other value) triples as one message's list: "--num-layers 8, not 4,
-    --head-units 512 256, not 64"."""
-    def shown(value):
-        return " ".join(map(str, value)) if isinstance(value, tuple) else str(value)
-    return ", ".join(f"{flag_name(name)} {shown(value)}, not {shown(other)}"
-                     for name, value, other in differences)
-
-
-def differences_that_block_resume(saved: TrainConfig, wanted: TrainConfig) -> list:
-    """(field, saved value, wanted value) for every experiment setting that differs and would
-    make a resumed run a different run (all but the resumable ones), in field order."""
-    old, new = flat(saved), flat(wanted)
-    return [(f.name, old[f.name], new[f.name]) for f in leaf_fields()
-            if not f.metadata.get("resumable") and old[f.name] != new[f.name]]

@@ -42,6 +42,11 @@ class CifarData:
     y_test: np.ndarray
     label_names: List[str]
 
+    def summary(self) -> Optional[dict]:
+        """What results.json records about the data besides the dataset's name: nothing for
+        CIFAR (image_folders.ImageFolderData: the folder, its counts, the skipped files)."""
+        return None
+
 
 def load(dataset: str, data_dir: Optional[str] = None) -> CifarData:
     spec = DATASETS[dataset]

@@ -4,18 +4,33 @@ same lines. numpy and Pillow only, no TensorFlow.
 
 An image is a PNG, JPEG, GIF (its first frame) or BMP file of any size: turned upright by
 its EXIF orientation, made RGB (grey repeated, alpha dropped, a palette looked up, 16-bit
-grey cut to its high byte), resized to 32x32 by antialiased bilinear interpolation (the
-aspect ratio is not kept: CIFAR images are square, so crop yours to the object first) and
-kept as uint8, which the models scale themselves. A folder stands for the image files
-directly in it, by name.
+grey cut to its high byte), resized to 32x32 (read_image's `size`: a run's image size) by
+antialiased bilinear interpolation (the aspect ratio is not kept: CIFAR images are square,
+so crop yours to the object first) and kept as uint8, which the models scale themselves. A
+folder stands for the image files directly in it, by name. image_folders.py reads training
+images with the same read_image, so that a model sees an image at prediction as in training.
+
+Why this resize: directly to the square, so the whole object stays in (a centre crop can cut
+it off; keras.utils.image_dataset_from_directory resizes the same way by default), and
+bilinear, which Pillow widens by the downscale ratio, so that every source pixel counts
+(no aliasing) without the ringing halos of bicubic or Lanczos, large at 32 pixels. A JPEG
+is decoded at 1/2, 1/4 or 1/8 scale when that still leaves at least twice the target size
+(Pillow's draft, the same filter doing the last step: 256x256 photos to 32x32 read 2.7x
+faster, pixels within 4/255 of a full decode, mean 0.9).
+
+A file over the pixel limit (default Pillow's Image.MAX_IMAGE_PIXELS, about 89 M pixels; at
+most twice that, where Pillow refuses by itself) is refused from its header, before it is
+decoded: a small file can declare a huge image (a decompression bomb). Pillow's own
+DecompressionBombWarning is silenced for that reason, once, process-wide: the limit here
+replaces it, and a warning from a worker thread could not be caught per image.
 """
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
-from typing import List
+import warnings
+from typing import List, Optional
 
 import numpy as np
 
@@ -25,6 +40,18 @@ from vitcifar.errors import UsageError
 FORMATS = ("PNG", "JPEG", "GIF", "BMP")
 SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 KINDS = "PNG, JPEG, GIF or BMP"
+GREY_16 = ("I", "I;16", "I;16B", "I;16L", "I;16N")   # 16-bit grey PNG ("I" in older Pillow)
+
+warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+
+
+class UnreadableImage(UsageError):
+    """An image file that cannot be read or decoded, or has more pixels than allowed;
+    `path` and `reason` separately, the message is both."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path} {reason}")
+        self.path, self.reason = path, reason
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,30 +90,62 @@ def image_paths(given: List[str]) -> List[str]:
     return paths
 
 
-def read_image(path: str) -> np.ndarray:
-    """An image file -> (32, 32, 3) uint8 RGB, by the rules in the module docstring."""
+def read_image(path: str, size: int = IMAGE_SIZE, max_pixels: Optional[int] = None
+               ) -> np.ndarray:
+    """An image file -> (size, size, 3) uint8 RGB, by the rules in the module docstring;
+    UnreadableImage for a file that cannot be read or decoded, or has more than max_pixels
+    pixels (width x height; None: Pillow's limit)."""
     from PIL import Image, ImageOps
+    limit = pixel_limit(max_pixels)
     try:
-        with open(path, "rb") as handle:
-            encoded = handle.read()
+        handle = open(path, "rb")
     except OSError as error:
-        raise UsageError(f"cannot read {path} ({error.strerror})") from None
-    try:
-        with Image.open(io.BytesIO(encoded), formats=FORMATS) as image:
-            image = ImageOps.exif_transpose(image)
-            if image.mode.startswith("I;16"):
-                image = Image.fromarray((np.asarray(image, np.uint16) >> 8).astype(np.uint8))
-            image = image.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE),
-                                                Image.Resampling.BILINEAR)
-            return np.asarray(image, np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        # Pillow's UnidentifiedImageError is an OSError; a truncated file raises OSError
-        raise UsageError(f"{path} is not a {KINDS} image") from None
+        raise UnreadableImage(path, f"cannot be read ({error.strerror})") from None
+    with handle:
+        pixels = f"more than {limit:,} pixels"     # Pillow's own check does not say
+        try:
+            with Image.open(handle, formats=FORMATS) as image:
+                width, height = image.size
+                if width * height > limit:
+                    pixels = f"{width}x{height} pixels, more than the limit of {limit:,}"
+                    raise Image.DecompressionBombError
+                image.draft(None, (2 * size, 2 * size))      # JPEG only: a smaller DCT scale
+                image = _rgb(ImageOps.exif_transpose(image))
+                return np.asarray(image.resize((size, size), Image.Resampling.BILINEAR),
+                                  np.uint8)
+        except Image.DecompressionBombError:
+            raise UnreadableImage(path, f"has {pixels} (a decompression bomb?); shrink it"
+                                  ) from None
+        except (OSError, ValueError, SyntaxError, EOFError):
+            # Pillow's UnidentifiedImageError is an OSError; a truncated file raises OSError
+            raise UnreadableImage(path, f"is not a {KINDS} image") from None
 
 
-def read_images(paths: List[str]) -> np.ndarray:
-    """(N, 32, 32, 3) uint8 of image files."""
-    return np.stack([read_image(path) for path in paths])
+def pixel_limit(max_pixels: Optional[int] = None) -> int:
+    """The pixels read_image allows: max_pixels (None: Pillow's Image.MAX_IMAGE_PIXELS), at
+    most twice Pillow's, where Image.open refuses by itself."""
+    from PIL import Image
+    pillow = Image.MAX_IMAGE_PIXELS
+    if pillow is None:
+        return max_pixels or np.iinfo(np.int64).max
+    return min(max_pixels or pillow, 2 * pillow)
+
+
+def _rgb(image):
+    """A PIL image of any mode -> mode RGB."""
+    from PIL import Image
+    if image.mode in GREY_16:                    # 0..65535 -> its high byte, 0..255
+        high = np.clip(np.asarray(image, np.int64), 0, 65535) >> 8
+        return Image.fromarray(high.astype(np.uint8)).convert("RGB")
+    if image.mode == "P" or "transparency" in image.info:
+        # through RGBA: a palette's transparency given per entry makes convert("RGB") warn
+        image = image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def read_images(paths: List[str], size: int) -> np.ndarray:
+    """(N, size, size, 3) uint8 of image files (size: the run's image size)."""
+    return np.stack([read_image(path, size) for path in paths])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

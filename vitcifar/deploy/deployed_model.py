@@ -2,7 +2,8 @@
 
 The file is self-describing: its metadata_props (METADATA_KEYS) hold the class names in
 label order and what a caller may want to know about the run it came from; its one input,
-`images`, takes uint8 (batch, 32, 32, 3) images as decoded (the model scales them); its
+`images`, takes uint8 (batch, S, S, 3) images as decoded (the model scales them; S is the
+run's image size, 32 for CIFAR, read from the input's shape: image_size); its
 outputs are `logits` and `probabilities`, float32 (batch, classes).
 
 `--provider directml` runs it on any DirectX 12 GPU through ONNX Runtime's DirectML
@@ -25,7 +26,7 @@ LOGITS, PROBABILITIES = "logits", "probabilities"
 # The metadata_props model_export writes: name -> what it holds.
 METADATA_KEYS = {
     "class_names": "JSON list of the class names in label order",
-    "dataset": "cifar10 or cifar100",
+    "dataset": "cifar10, cifar100, or images (a train_images.py run)",
     "preset": "the preset whose model the run has (its config.json records settings, not "
               "a preset name), or custom",
     "model": "JSON of the model's settings (patch size, depth, width, ...)",
@@ -49,8 +50,13 @@ class DeployedModel:
     def class_names(self) -> List[str]:
         return json.loads(self.metadata["class_names"])
 
+    @property
+    def image_size(self) -> int:
+        """S of the (batch, S, S, 3) input: the images' side in pixels."""
+        return int(self.session.get_inputs()[0].shape[1])
+
     def run(self, images: np.ndarray, batch_size: int = 256) -> Dict[str, np.ndarray]:
-        """{logits, probabilities} of (N, 32, 32, 3) uint8 images, `batch_size` at a time."""
+        """{logits, probabilities} of (N, S, S, 3) uint8 images, `batch_size` at a time."""
         parts = [self.session.run([LOGITS, PROBABILITIES], {INPUT: images[i:i + batch_size]})
                  for i in range(0, len(images), batch_size)]
         return {LOGITS: np.concatenate([p[0] for p in parts]),

@@ -34,7 +34,6 @@ import tensorflow as tf
 
 from vit_model import build_model
 from vitcifar.backend import keras_compat
-from vitcifar.config.datasets import IMAGE_SIZE
 from vitcifar.config.presets import PRESETS
 from vitcifar.config.settings import TrainConfig
 from vitcifar.deploy import deployed_model, onnx_fusion
@@ -43,8 +42,8 @@ from vitcifar.deploy.deployed_model import INPUT, LOGITS, PROBABILITIES
 keras = tf.keras
 OPSET = 17                  # LayerNormalization's opset; DirectML and Windows ML run it
 # The settings that make the model (the rest only change how it trains).
-MODEL_SETTINGS = ("patch_size", "patch_stride", "num_layers", "embedding_dim", "num_heads",
-                  "mlp_hidden_dim", "head_units", "pooling")
+MODEL_SETTINGS = ("image_size", "patch_size", "patch_stride", "num_layers", "embedding_dim",
+                  "num_heads", "mlp_hidden_dim", "head_units", "pooling")
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -57,9 +56,10 @@ def inference_model(config: TrainConfig):
 
 
 def serving_function(model) -> tf.types.experimental.GenericFunction:
-    """images uint8 (None, 32, 32, 3) -> {logits, probabilities}, traced once."""
-    @tf.function(input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8,
-                                                 name=INPUT)])
+    """images uint8 (None, S, S, 3) -> {logits, probabilities}, traced once (S: the
+    model's image_size)."""
+    size = model.image_size
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT)])
     def serve(images):
         logits = model(images, training=False)
         return {LOGITS: logits, PROBABILITIES: tf.nn.softmax(logits)}

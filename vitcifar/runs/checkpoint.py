@@ -87,7 +87,7 @@ def model_arrays(model) -> Dict[str, np.ndarray]:
     return dict(zip(keys, model.get_weights()))
 
 
-def _read_npz(path: str) -> Dict[str, np.ndarray]:
+def read_npz(path: str) -> Dict[str, np.ndarray]:
     """Every array of an .npz file, read now; WeightsError "damaged" if it cannot be read."""
     try:
         with np.load(path, allow_pickle=False) as saved:
@@ -135,7 +135,7 @@ def load_weights(model, path: str) -> None:
     """Gives `model` the weights in `path`, a file of save_weights (either stack).
     WeightsError says "damaged" for a file that cannot be read, and names the weights that
     differ for one that does not fit."""
-    _assign_model(model, _read_npz(path), path)
+    _assign_model(model, read_npz(path), path)
 
 
 # --- the optimizer's state -------------------------------------------------------------------
@@ -239,7 +239,7 @@ def load_checkpoint(path: str, model, optimizer) -> RunState:
     weights do not fit this model. An optimizer state that does not fit this optimizer is
     left out with a one-line warning: the run resumes with its weights and step count, and
     fresh Adam moments."""
-    arrays = _read_npz(path)
+    arrays = read_npz(path)
     try:
         state = RunState.from_json(arrays["state"].tobytes().decode("utf-8"))
     except (KeyError, ValueError, TypeError) as error:

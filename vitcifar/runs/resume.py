@@ -17,11 +17,12 @@ import sys
 from typing import Dict, Optional, Tuple
 
 from vitcifar.config.config_file import to_json
+from vitcifar.config.datasets import IMAGES
 from vitcifar.config.flags import split_settings
 from vitcifar.config.presets import PRESETS
 from vitcifar.config.regularisation import noting_given, with_choice_of
-from vitcifar.config.settings import (RunOptions, TrainConfig, differences_that_block_resume,
-                                      listed_differences, override)
+from vitcifar.config.settings import RunOptions, TrainConfig
+from vitcifar.config.views import differences_that_block_resume, listed_differences, override
 from vitcifar.errors import UsageError
 from vitcifar.runs import checkpoint, run_dir
 from vitcifar.runs.checkpoint import RunState
@@ -128,8 +129,8 @@ def resume_command(config: TrainConfig, options: RunOptions) -> str:
     """The command that resumes the run, to paste into this shell from this folder: the run
     directory holds every setting. `python` when that is this interpreter on the PATH (an
     activated environment), else this interpreter's full path."""
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                          f"train_{config.dataset}.py")
+    app = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    script = os.path.join(app, f"train_{config.dataset}.py")     # the root's commands
     try:
         relative = os.path.relpath(script)
     except ValueError:                     # Windows: the script is on another drive
@@ -140,4 +141,5 @@ def resume_command(config: TrainConfig, options: RunOptions) -> str:
     python = "python" if on_path and os.path.normcase(os.path.abspath(on_path)) == \
         os.path.normcase(os.path.abspath(sys.executable)) else sys.executable
     quote = subprocess.list2cmdline if os.name == "nt" else shlex.join
-    return quote([python, script, "--output-dir", options.output_dir])
+    folder = [options.data_dir] if config.dataset == IMAGES else []    # train_images.py DIR
+    return quote([python, script, *folder, "--output-dir", options.output_dir])

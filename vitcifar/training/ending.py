@@ -9,7 +9,8 @@ from typing import Optional
 from vitcifar.analysis import figures
 from vitcifar.backend import devices
 from vitcifar.config.config_file import to_json
-from vitcifar.config.settings import RULE_SETTINGS, RunOptions, TrainConfig, flat
+from vitcifar.config.settings import RULE_SETTINGS, RunOptions, TrainConfig
+from vitcifar.config.views import flat
 from vitcifar.data import cifar
 from vitcifar.errors import RunStopped, UsageError
 from vitcifar.runs import checkpoint, resume, run_dir
@@ -85,6 +86,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, mode
                          "it again") from None
     results = {
         "dataset": config.dataset,
+        **({"data": data.summary()} if data.summary() is not None else {}),
         **evaluate_test(model, config, data.x_test, data.y_test, config.batch_size),
         "best_val_top1": state.best_val_top1,
         "best_epoch": state.best_epoch,

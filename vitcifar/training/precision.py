@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import Optional, Tuple
 
 from vitcifar.backend import devices
-from vitcifar.config.datasets import IMAGE_SIZE
 from vitcifar.config.settings import TrainConfig, patch_grid_side
 from vitcifar.errors import UsageError
 
@@ -234,7 +233,7 @@ def proc_cpuinfo_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset]:
 def probe_shape(config: TrainConfig) -> tuple:
     """What decides a block's speed: (batch, tokens, width, heads, MLP width, dropout,
     attention dropout, drop path)."""
-    tokens = patch_grid_side(IMAGE_SIZE, config.patch_size, config.patch_stride) ** 2 + \
+    tokens = patch_grid_side(config.image_size, config.patch_size, config.patch_stride) ** 2 + \
         (config.pooling == "class_token")
     return (config.batch_size, tokens, config.embedding_dim, config.num_heads,
             config.mlp_hidden_dim, config.dropout, config.attention_dropout, config.drop_path)

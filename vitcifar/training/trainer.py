@@ -20,7 +20,7 @@ from vitcifar.config.regularisation import describe_regularisation, regularised,
 from vitcifar.config.settings import RunOptions, TrainConfig
 from vitcifar.data import cifar, input_pipeline
 from vitcifar.errors import RunStopped, UsageError
-from vitcifar.runs import resume, run_dir
+from vitcifar.runs import init_from, resume, run_dir
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import distribution, ending, fit_loop, precision, workers
 from vitcifar.training.compiled import compile_model, local_model
@@ -28,13 +28,15 @@ from vitcifar.training.compiled import compile_model, local_model
 
 def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         device: devices.Device, restart: bool = False,
-        cluster: "distribution.Plan | None" = None) -> dict:
+        cluster: "distribution.Plan | None" = None,
+        init: "init_from.Source | None" = None) -> dict:
     """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
     what it writes to results.json. Raises RunStopped on NaN, disk errors, Ctrl-C and a lost
     worker, and UsageError, before touching anything, when another process trains in the
     folder. `cluster` (distribution.create) is the tf.distribute strategy, one device by
     default. On several workers only the chief writes --output-dir and the results; the
-    others keep their bookkeeping in distribution.worker_dir() and return {}."""
+    others keep their bookkeeping in distribution.worker_dir() and return {}. `init`
+    (--init-from): the run to take a fresh run's first weights from."""
     cluster = cluster or distribution.single_device()
     cluster.per_replica_batch(config.batch_size)              # UsageError unless it divides
     if config.time_budget and cluster.workers > 1:
@@ -45,10 +47,10 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     try:
         if cluster.chief:
             with run_dir.RunLock(options.output_dir):
-                return train(config, options, data, device, restart, cluster)
+                return train(config, options, data, device, restart, cluster, init)
         with distribution.worker_dir() as own:
             return train(config, replace(options, output_dir=own, tensorboard=False), data,
-                         device, True, cluster)
+                         device, True, cluster, init)
     except workers.LOST_WORKER_ERRORS as error:      # in an exchange outside model.fit
         if cluster.workers == 1:
             raise
@@ -80,7 +82,8 @@ def build(config: TrainConfig, options: RunOptions, device: devices.Device,
 
 
 def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
-          device: devices.Device, restart: bool, cluster: "distribution.Plan") -> dict:
+          device: devices.Device, restart: bool, cluster: "distribution.Plan",
+          init: "init_from.Source | None") -> dict:
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     (x_train, y_train), (x_val, y_val) = cifar.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
@@ -101,11 +104,16 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     if saved_config is not None:
         with cluster.strategy.scope():
             state = resume.restore(built.model, config, options, saved_config)
+        if init is not None:
+            print(init_from.describe_ignored(init.path))
     else:
         print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
               f"{len(data.x_test):,} test images; run directory {options.output_dir}")
         config, built, state = start(config, options, device, cluster, built, steps,
                                      (x_train, y_train), (x_val, y_val))
+        if init is not None:   # after start: the budget's timing restores what it trained
+            with cluster.strategy.scope():
+                print(init_from.apply(built.model, init, config, data.label_names))
     if config.regularisation == "auto":
         print(describe_regularisation(config))
     config = fix_schedule(config, state, built.schedule, steps)

@@ -9,7 +9,8 @@ import re
 import tensorflow as tf
 
 from vitcifar.config.config_file import from_json, to_json
-from vitcifar.config.settings import RunOptions, TrainConfig, flat, listed_differences
+from vitcifar.config.settings import RunOptions, TrainConfig
+from vitcifar.config.views import flat, listed_differences
 from vitcifar.errors import RunStopped, UsageError, first_line
 from vitcifar.runs import run_dir
 from vitcifar.runs.checkpoint import RunState
