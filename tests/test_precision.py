@@ -25,8 +25,10 @@ FAST = PRESETS["fast"]
 
 
 @pytest.fixture
-def bf16_cpu(monkeypatch):
-    """A CPU with AMX-BF16 whose measured block speed-up the test sets."""
+def bf16_cpu(monkeypatch, tmp_path):
+    """A CPU with AMX-BF16 whose measured block speed-up the test sets, with a cache of
+    measurements of its own."""
+    monkeypatch.setenv("VIT_CIFAR_CACHE", str(tmp_path))
     monkeypatch.setattr(precision, "cpu_bf16_features", lambda: ("AMX-BF16", "AVX512-BF16"))
     speedup = {"value": 1.5}
     monkeypatch.setattr(precision, "block_speedup", lambda *shape: speedup["value"])
@@ -71,6 +73,29 @@ def test_auto_on_gpus_by_kind_and_compute_capability(device, policy):
     assert chosen.policy == policy and chosen.speedup is None
 
 
+def test_auto_measures_once_then_decides_from_the_cache(bf16_cpu, tmp_path):
+    """The first decision measures and keeps the figure; later ones, in this process or
+    another, read it whatever a new measurement would give, and say so; another model shape
+    is measured anew."""
+    first = precision.decide("auto", CPU, FAST)
+    assert first.policy == precision.BFLOAT16 and "from the cache" not in first.reason
+    bf16_cpu["value"] = 0.5                           # a busy machine would measure this
+    again = precision.decide("auto", CPU, FAST)
+    assert again.policy == precision.BFLOAT16 and again.speedup == 1.5
+    assert f"from the cache {tmp_path}" in again.reason
+    stored = json.loads((tmp_path / "precision_cache.json").read_text())
+    assert [entry["speedup"] for entry in stored.values()] == [1.5]
+    assert precision.cache_key(precision.probe_shape(FAST), ("AMX-BF16", "AVX512-BF16")) \
+        in stored
+    other = precision.decide("auto", CPU, PRESETS["sample"])
+    assert other.policy == precision.FLOAT32 and other.speedup == 0.5
+
+
+def test_an_unreadable_cache_is_measured_around(bf16_cpu, tmp_path):
+    (tmp_path / "precision_cache.json").write_text("not json")
+    assert precision.decide("auto", CPU, FAST).speedup == 1.5
+
+
 def test_auto_on_a_bfloat16_cpu_follows_the_measurement(bf16_cpu):
     chosen = precision.decide("auto", CPU, FAST)
     assert chosen.policy == precision.BFLOAT16 and chosen.speedup == 1.5
@@ -79,7 +104,8 @@ def test_auto_on_a_bfloat16_cpu_follows_the_measurement(bf16_cpu):
     assert chosen.record() == {"policy": "mixed_bfloat16", "reason": chosen.reason,
                                "bfloat16_speedup": 1.5}
     bf16_cpu["value"] = 1.05                     # below MIN_SPEEDUP: not worth its rounding
-    assert precision.decide("auto", CPU, FAST).policy == precision.FLOAT32
+    sample = PRESETS["sample"]                   # a shape not measured yet
+    assert precision.decide("auto", CPU, sample).policy == precision.FLOAT32
     assert precision.decide("auto", CPU, FAST, workers=2).policy == precision.FLOAT32
 
 
