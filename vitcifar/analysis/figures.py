@@ -17,7 +17,7 @@ its classifier reads the mean of all tokens: its map is the mean of all the toke
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -290,13 +290,17 @@ def plot_patches(image: np.ndarray, patch_size: int, patch_stride: int, path: st
 # --- a whole run --------------------------------------------------------------------------------
 
 def write_run_figures(output_dir: str, model, x_test: np.ndarray, y_test: np.ndarray,
-                      label_names: Sequence[str]) -> List[str]:
+                      label_names: Sequence[str], logits: Optional[np.ndarray] = None
+                      ) -> List[str]:
     """Writes CURVES (when history.csv has an epoch), CONFUSION, PREDICTIONS and ATTENTION into
-    output_dir for this model on the test set; returns the paths written. Works from whatever
-    the run has: an interrupted run's shorter history.csv draws shorter curves."""
+    output_dir for this model on the test set; returns the paths written. `logits`: the
+    model's (N, classes) logits of x_test when the caller has them, else predicted here.
+    Works from whatever the run has: an interrupted run's shorter history.csv draws shorter
+    curves."""
     import tensorflow as tf
 
-    logits = model.predict(x_test, batch_size=PREDICT_BATCH, verbose=0)
+    if logits is None:
+        logits = model.predict(x_test, batch_size=PREDICT_BATCH, verbose=0)
     probabilities = tf.nn.softmax(logits).numpy()
     predicted = probabilities.argmax(axis=1)
     written = []

@@ -16,6 +16,7 @@ from vitcifar.config.settings import RunOptions, TrainConfig, flag_name
 from vitcifar.errors import entry_point
 from vitcifar.runs import resume
 from vitcifar.training import distribution, precision
+from vitcifar.training.wall_clock import WallClock
 
 
 def start_tool(parse: Callable, argv: Optional[List[str]]
@@ -34,7 +35,8 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
 @entry_point
 def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     """Runs the training app; returns the exit code (2 for bad input, with a one-line
-    message)."""
+    message). The wall clock starts here: the time budget counts the whole command."""
+    clock = WallClock()
     args = build_train_parser(dataset).parse_args(argv)
     config, options = train_settings(dataset, args)
     devices.prepare_environment(options.gpu, options.distribute,
@@ -44,17 +46,20 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     if getattr(args, "list_devices", False):
         print(devices.list_devices())
         return 0
-    device = devices.detect()
+    device = devices.detect()                          # imports TensorFlow
     cluster = distribution.create(options, device)    # before any other TensorFlow work
-    print(banner(config, options, device, cluster))
+    clock.add("start-up", clock.elapsed())             # flags, TensorFlow, the device
+    with clock.phase("precision"):                     # auto may measure (once per shape)
+        print(banner(config, options, device, cluster))
     for warning in (device.warning, distribution.warning(options)):
         if warning:
             print(f"warning: {warning}")
     from vitcifar.data import cifar
     from vitcifar.training import trainer
-    data = cifar.load(config.dataset, options.data_dir)
+    with clock.phase("data loading"):
+        data = cifar.load(config.dataset, options.data_dir)
     trainer.run(config, options, data, device, restart=getattr(args, "restart", False),
-                 cluster=cluster)
+                cluster=cluster, clock=clock)
     return 0
 
 
