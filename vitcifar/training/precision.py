@@ -57,6 +57,14 @@ PROBE_ROUNDS, PROBE_MAX_ROUNDS, PROBE_SECONDS = 3, 9, 2.0   # rounds, and more w
 CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "bf16": "BF16"}
 DIRECTML_BFLOAT16 = ("tensorflow-directml-plugin has no bfloat16 kernels for the model's ops "
                      "(MatMul, BatchMatMulV2, Erf, ...)")
+# TensorFlow 2.10 (the DirectML stack) on a CPU: its oneDNN bfloat16 kernels trained the tiny
+# preset to a NaN loss at the second step on an AMD EPYC with AVX512-BF16 (seeds 1, 2, 42;
+# issue 29), where TensorFlow 2.21 and float32 trained normally. Not reproducible on a CPU
+# without AVX512-BF16 (TF 2.10 runs Eigen's bfloat16 there), so the faulty kernel is not
+# known, and no check of a first step would see a NaN that comes at the second: bfloat16 is
+# refused there. TF 2.10 is paused; the current stack has bfloat16 on CPUs.
+TF210_CPU_BFLOAT16 = ("TensorFlow 2.10's bfloat16 CPU kernels trained the tiny preset to a NaN "
+                      "loss on an AVX512-BF16 CPU")
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,9 @@ def check(name: str, device: devices.Device) -> None:
         raise UsageError(f"{flag}: this CPU has no bfloat16 arithmetic (none of "
                          f"{', '.join(CPU_FLAGS.values())}), so it would be emulated, slower "
                          "than float32; use --mixed-precision off")
+    if device.kind == "CPU" and _tensorflow_2_10():
+        raise UsageError(f"{flag}: {TF210_CPU_BFLOAT16}; use --mixed-precision off, or the "
+                         "current stack (requirements.txt) for bfloat16 on a CPU")
     if not keras_has_policy(BFLOAT16):
         raise UsageError(f"{flag}: Keras {_keras_version()} has no {BFLOAT16} policy; "
                          "use --mixed-precision off")
@@ -150,6 +161,8 @@ def _automatic(device: devices.Device, config: TrainConfig, workers: int) -> Pre
         return Precision(FLOAT32, "cannot tell whether this CPU has bfloat16 arithmetic")
     if not features:
         return Precision(FLOAT32, "this CPU has no bfloat16 arithmetic")
+    if _tensorflow_2_10():
+        return Precision(FLOAT32, f"{features[0]}, but {TF210_CPU_BFLOAT16}")
     if workers > 1:
         return Precision(FLOAT32, f"{workers} workers: auto measures one machine; give "
                                   "--mixed-precision bfloat16 to use it")
@@ -233,6 +246,12 @@ def _shown(device: devices.Device) -> str:
 def _keras_version() -> str:
     from vitcifar.backend.keras_compat import keras_version
     return keras_version()
+
+
+def _tensorflow_2_10() -> bool:
+    """Whether the TensorFlow that runs is 2.10, the DirectML stack's (before 2.16 in all)."""
+    import tensorflow as tf
+    return tuple(int(part) for part in tf.__version__.split(".")[:2]) < (2, 16)
 
 
 def keras_has_policy(name: str) -> bool:
