@@ -8,6 +8,7 @@ import re
 import struct
 import subprocess
 import sys
+import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # For TensorFlow in this process; the app's own scripts (run_app) start as a user's would,
@@ -16,6 +17,10 @@ OWN_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 if os.environ.get("KERAS_BACKEND") != "torch":
     os.environ["KERAS_BACKEND"] = "tensorflow"
+# --mixed-precision auto's measurements (precision.cache_file) in a folder of this test
+# session's, shared by the processes it starts: measured at most once per model shape, so
+# every test of the session sees the same choice, and the user's own cache is not touched.
+os.environ.setdefault("VIT_CIFAR_CACHE", tempfile.mkdtemp(prefix="vit-cifar-cache-"))
 
 from vitcifar.analysis import figures  # noqa: E402
 from vitcifar.runs import checkpoint  # noqa: E402

@@ -119,7 +119,7 @@ data = cifar.load("cifar10", {tar!r})
 device = devices.detect()
 for kind in ("none", "mirrored"):
     options = RunOptions(data_dir={tar!r}, output_dir={out!r} + "/" + kind, distribute=kind,
-                         tensorboard=False).validate()
+                         tensorboard=False, mixed_precision="off").validate()   # compared
     plan = distribution.create(options, device)
     print("plan:", plan.describe(config.batch_size), flush=True)
     for epochs in (2, 3):                     # then resumed for a third epoch

@@ -1,6 +1,7 @@
 """time_budget.py: the plan's arithmetic (whole epochs, the last cut short after whole
 steps_per_execution calls, the warmup's share) and its round trip through the run state."""
 import dataclasses
+import json
 
 import pytest
 
@@ -42,3 +43,22 @@ def test_a_plan_survives_the_run_state_json_as_a_plan():
     again = RunState.from_json(state.to_json())
     assert isinstance(again.plan, Plan) and again == state
     assert set(dataclasses.asdict(again.plan)) == {f.name for f in dataclasses.fields(Plan)}
+
+
+def test_the_whole_command_counts_what_came_before_and_what_comes_after():
+    # 12 s spent before the plan (start-up, data, build, calibration of 7 s) and 5 s for the
+    # test evaluation and figures: 57 - 17 = 40 s of steps, 160 steps = 8 epochs of 20
+    plan = time_budget.plan(1.0, 7.0, 4.0, 50.0, 0.0, 1, 20, 1, 0.1, spent_seconds=12.0,
+                            closing_seconds=5.0)
+    assert (plan.steps, plan.epochs, plan.last_epoch_steps) == (160, 8, 20)
+    assert (plan.spent_seconds, plan.closing_seconds, plan.calibration_seconds) == \
+        (12.0, 5.0, 7.0)
+    assert plan.planned_seconds == pytest.approx(57.0)
+
+
+def test_a_plan_saved_before_the_whole_command_counted_still_reads():
+    """A checkpoint from before spent_seconds and closing_seconds existed resumes."""
+    values = json.loads(RunState(plan=planned()).to_json())
+    del values["plan"]["spent_seconds"], values["plan"]["closing_seconds"]
+    state = RunState.from_json(json.dumps(values))
+    assert state.plan.steps == planned().steps and state.plan.spent_seconds == 0.0

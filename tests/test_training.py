@@ -41,8 +41,10 @@ def slow_tar(tmp_path_factory):
 
 
 def train_args(tar, out, epochs, *extra):
+    """A tiny run in float32: the runs compared against each other compute in one format
+    whatever --mixed-precision auto would choose on this machine."""
     return ["--preset", "tiny", "--data-dir", tar, "--output-dir", out, "--epochs", epochs,
-            "--batch-size", 8, "--dropout", 0, *extra]
+            "--batch-size", 8, "--dropout", 0, "--mixed-precision", "off", *extra]
 
 
 def start(args):
@@ -51,7 +53,9 @@ def start(args):
                             stderr=subprocess.PIPE, text=True, env=app_environment())
 
 
-def wait_for_epoch(process, out, epoch, timeout=120):
+def wait_for_epoch(process, out, epoch, timeout=900):
+    """When the run in `out` has saved `epoch` epochs. The deadline only ends a hung test: a
+    machine busy with other jobs may take minutes for the start-up and an epoch."""
     deadline = time.time() + timeout
     while saved_epochs(out) < epoch:
         assert process.poll() is None, process.communicate()
@@ -496,3 +500,38 @@ def test_a_tensorflow_op_error_is_cut_to_the_line_that_says_what_happened():
         "device:CPU:0}} Collective ops is aborted by: task 1 is down [Op:CollectiveBcastSend]"))
     assert workers.tensorflow_cause(eager) == ("Collective ops is aborted by: task 1 is down "
                                                 "[Op:CollectiveBcastSend]")
+
+
+def without_timings(results: dict) -> dict:
+    """results.json less what measures time or names the folder: train_seconds, wall_time,
+    the time-budget plan, config.run.output_dir; and the precision's reason, which says
+    whether the choice was measured or came from the cache."""
+    values = json.loads(json.dumps(results))
+    for key in ("train_seconds", "wall_time", "time_budget_plan"):
+        values.pop(key)
+    values["config"]["run"].pop("output_dir")
+    values["precision"].pop("reason")
+    return values
+
+
+@pytest.mark.slow
+def test_the_same_command_and_seed_give_the_same_results(cifar10_tar, tmp_path):
+    """--mixed-precision auto (the default) makes the same choice twice, and the same seed
+    trains the same model: results.json is the same, timings aside (floats to 1e-5: oneDNN
+    may sum in another order)."""
+    results = []
+    for name in ("first", "second"):
+        out = tmp_path / name
+        done = run_app("train_cifar10.py", "--preset", "tiny", "--data-dir", cifar10_tar,
+                       "--output-dir", out, "--epochs", 2, "--batch-size", 16)
+        assert done.returncode == 0, done.stderr[-2000:]
+        results.append(json.loads((out / "results.json").read_text()))
+    first, second = map(without_timings, results)
+    assert set(first) == set(second) and first["precision"] == second["precision"]
+    for key in first:
+        if isinstance(first[key], float):
+            assert second[key] == pytest.approx(first[key], rel=1e-5), key
+        else:
+            assert second[key] == first[key], key
+    assert {"start-up", "data loading", "model build", "training steps", "validation",
+            "test evaluation", "figures"} <= set(results[0]["wall_time"]["phases"])

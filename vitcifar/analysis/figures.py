@@ -17,7 +17,7 @@ its classifier reads the mean of all tokens: its map is the mean of all the toke
 from __future__ import annotations
 
 import os
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import matplotlib
 
@@ -28,6 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vitcifar.config.datasets import IMAGE_SIZE  # noqa: E402
 from vitcifar.config.settings import patch_grid_side  # noqa: E402
+from vitcifar.data.prediction_io import softmax  # noqa: E402
 from vitcifar.runs import run_dir  # noqa: E402
 from vitcifar.runs.run_dir import (ATTENTION, CONFUSION, CURVES, HISTORY, PATCHES,  # noqa: E402
                                    PREDICTIONS)
@@ -291,13 +292,16 @@ def plot_patches(image: np.ndarray, patch_size: int, patch_stride: int, path: st
 # --- a whole run --------------------------------------------------------------------------------
 
 def write_run_figures(output_dir: str, model, x_test: np.ndarray, y_test: np.ndarray,
-                      label_names: Sequence[str]) -> List[str]:
+                      label_names: Sequence[str], logits: Optional[np.ndarray] = None
+                      ) -> List[str]:
     """Writes CURVES (when history.csv has an epoch), CONFUSION, PREDICTIONS and ATTENTION into
-    output_dir for this model on the test set; returns the paths written. Works from whatever
-    the run has: an interrupted run's shorter history.csv draws shorter curves."""
-    logits = model.predict(x_test, batch_size=PREDICT_BATCH, verbose=0)      # numpy, any backend
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))       # softmax, overflow-free
-    probabilities = exp / exp.sum(axis=1, keepdims=True)
+    output_dir for this model on the test set; returns the paths written. `logits`: the
+    model's (N, classes) logits of x_test when the caller has them, else predicted here
+    (numpy, on any backend). Works from whatever the run has: an interrupted run's shorter
+    history.csv draws shorter curves."""
+    if logits is None:
+        logits = model.predict(x_test, batch_size=PREDICT_BATCH, verbose=0)
+    probabilities = softmax(np.asarray(logits))
     predicted = probabilities.argmax(axis=1)
     written = []
     history = run_dir.read_history(os.path.join(output_dir, HISTORY))

@@ -17,6 +17,7 @@ from vitcifar.config.settings import RunOptions, TrainConfig, flag_name
 from vitcifar.errors import entry_point
 from vitcifar.runs import folder_run, init_from, resume
 from vitcifar.training import distribution, precision
+from vitcifar.training.wall_clock import WallClock
 
 
 def start_tool(parse: Callable, argv: Optional[List[str]]
@@ -36,14 +37,16 @@ def start_tool(parse: Callable, argv: Optional[List[str]]
 @entry_point
 def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     """Runs the training app; returns the exit code (2 for bad input, with a one-line
-    message)."""
+    message). The wall clock starts here: the time budget counts the whole command."""
+    clock = WallClock()
     args = build_train_parser(dataset).parse_args(argv)
     config, options = train_settings(dataset, args)
     init = (init_from.open_source(args.init_from, config)
             if getattr(args, "init_from", None) else None)
     data = None                      # an images run reads its folder now, before TensorFlow
     if dataset == IMAGES:
-        config, data = folder_run.read(config, options, getattr(args, "restart", False))
+        with clock.phase("data loading"):
+            config, data = folder_run.read(config, options, getattr(args, "restart", False))
     devices.prepare_environment(options.gpu, options.distribute,
                                 verbose=getattr(args, "verbose", False),
                                 backend=options.backend)
@@ -52,17 +55,20 @@ def main(dataset: str, argv: Optional[List[str]] = None) -> int:
     if getattr(args, "list_devices", False):
         print(devices.list_devices())
         return 0
-    device = devices.detect()
+    device = devices.detect()                          # imports the framework
     cluster = distribution.create(options, device)    # before any other TensorFlow work
-    print(banner(config, options, device, cluster))
+    clock.add("start-up", clock.elapsed() - sum(clock.seconds.values()))   # flags, framework
+    with clock.phase("precision"):                     # auto may measure (once per shape)
+        print(banner(config, options, device, cluster))
     for warning in (device.warning, distribution.warning(options)):
         if warning:
             print(f"warning: {warning}")
     from vitcifar.data import cifar
     from vitcifar.training import trainer
-    data = data if data is not None else cifar.load(config.dataset, options.data_dir)
+    with clock.phase("data loading"):
+        data = data if data is not None else cifar.load(config.dataset, options.data_dir)
     trainer.run(config, options, data, device, restart=getattr(args, "restart", False),
-                cluster=cluster, init=init)
+                cluster=cluster, init=init, clock=clock)
     return 0
 
 

@@ -1,8 +1,10 @@
 """A model compiled for training and evaluation: the optimizer, schedule, loss and metrics a
-TrainConfig asks for, the test-set figures, and a float32 copy for the chief's evaluation."""
+TrainConfig asks for, the test-set figures from one pass of predictions, and a float32 copy for the chief's evaluation."""
 from __future__ import annotations
 
 from typing import Optional
+
+import numpy as np
 
 import vit_model
 from vitcifar.backend.keras_compat import keras
@@ -36,14 +38,30 @@ def compile_model(model, config: TrainConfig, jit_compile: bool = False,
     return rate if cosine else None
 
 
+def test_logits(model, x_test: np.ndarray, batch_size: int) -> np.ndarray:
+    """(N, classes) float32 logits of the test images: one pass, which the test figures
+    and the figures share (ending.finish)."""
+    return np.asarray(model.predict(x_test, batch_size=batch_size, verbose=0), np.float32)
+
+
+def test_metrics(config: TrainConfig, logits: np.ndarray, y_test: np.ndarray) -> dict:
+    """{test_top1, test_top5, test_loss} of `logits` for the class indices y_test, by the
+    loss and metrics compile_model trains with (label smoothing included): what
+    results.json records and evaluate.py recomputes."""
+    one_hot = input_pipeline.label_classes(config)
+    loss, (top1, top5) = optimization.loss_and_metrics(one_hot=one_hot is not None,
+                                                       label_smoothing=config.label_smoothing)
+    # encode_labels' encoding, in numpy: these run on whatever backend Keras runs
+    labels = y_test if one_hot is None else np.eye(one_hot, dtype=np.float32)[y_test]
+    for metric in (top1, top5):
+        metric.update_state(labels, logits)
+    return {"test_top1": float(top1.result()), "test_top5": float(top5.result()),
+            "test_loss": float(loss(labels, logits))}
+
+
 def evaluate_test(model, config: TrainConfig, x_test, y_test, batch_size: int) -> dict:
-    """{test_top1, test_top5, test_loss} of a model compiled by compile_model, on test images
-    and class indices: what results.json records and evaluate.py recomputes."""
-    test = model.evaluate(input_pipeline.eval_dataset(x_test, y_test, batch_size,
-                                                      input_pipeline.label_classes(config)),
-                          return_dict=True, verbose=0)
-    return {"test_top1": float(test["top1"]), "test_top5": float(test["top5"]),
-            "test_loss": float(test["loss"])}
+    """test_metrics of the model's test_logits."""
+    return test_metrics(config, test_logits(model, x_test, batch_size), y_test)
 
 
 def local_model(plan: "distribution.Plan", config: TrainConfig, model):

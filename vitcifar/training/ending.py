@@ -16,7 +16,8 @@ from vitcifar.errors import RunStopped, UsageError
 from vitcifar.runs import checkpoint, resume, run_dir
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import distribution, precision
-from vitcifar.training.compiled import evaluate_test
+from vitcifar.training.compiled import test_logits, test_metrics
+from vitcifar.training.wall_clock import WallClock
 
 
 def draw_figures(output_dir: str, data: cifar.CifarData, model) -> None:
@@ -71,10 +72,13 @@ def regularisation_record(config: TrainConfig) -> Optional[dict]:
 
 def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, model,
            state: RunState, device: devices.Device, train_images: int,
-           ran: precision.Precision, cluster: "distribution.Plan | None" = None) -> dict:
-    """Evaluates the best weights on the test set, writes results.json (with `ran`, the
-    precision the run trained in) and the figures."""
+           ran: precision.Precision, cluster: "distribution.Plan | None" = None,
+           clock: Optional[WallClock] = None) -> dict:
+    """Evaluates the best weights on the test set, draws the figures from the same
+    predictions, writes results.json (with `ran`, the precision the run trained in, and
+    where the command's wall time went) and ends with the test accuracy."""
     output_dir, cluster = options.output_dir, cluster or distribution.single_device()
+    clock = clock or WallClock()
     best = run_dir.best_weights_path(output_dir)
     if best is None:
         raise UsageError(f"{os.path.join(output_dir, run_dir.BEST_WEIGHTS)} is missing, so "
@@ -84,18 +88,24 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, mode
     except checkpoint.WeightsError as error:
         raise UsageError(f"{error}, so the run cannot be evaluated; add --restart to train "
                          "it again") from None
+    with clock.phase("test evaluation"):
+        logits = test_logits(model, data.x_test, config.batch_size)
+        test = test_metrics(config, logits, data.y_test)
+    with clock.phase("figures"):
+        figures.write_run_figures(output_dir, model, data.x_test, data.y_test,
+                                  data.label_names, logits)
+    images_seen = (min(state.plan.steps * config.batch_size, state.epochs_done * train_images)
+                   if state.plan else state.epochs_done * train_images)
     results = {
         "dataset": config.dataset,
         **({"data": data.summary()} if data.summary() is not None else {}),
-        **evaluate_test(model, config, data.x_test, data.y_test, config.batch_size),
+        **test,
         "best_val_top1": state.best_val_top1,
         "best_epoch": state.best_epoch,
         "epochs_completed": state.epochs_done,
         "stopped_early": state.stopped_early,
         "train_seconds": round(state.train_seconds, 2),
-        "images_seen": (min(state.plan.steps * config.batch_size,
-                            state.epochs_done * train_images) if state.plan
-                        else state.epochs_done * train_images),
+        "images_seen": images_seen,
         "time_budget_plan": dataclasses.asdict(state.plan) if state.plan else None,
         "regularisation": regularisation_record(config),
         "distribution": cluster.record(config.batch_size),
@@ -103,11 +113,12 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, mode
         "device_name": device.name,
         "precision": ran.record(),
         **devices.versions(),
+        "wall_time": clock.record(images_seen, config.time_budget),
         "config": to_json(config, options),
     }
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.RESULTS), results)
+    print(clock.describe())
     print(f"Test accuracy of the best epoch ({state.best_epoch}): "
           f"top-1 {results['test_top1']:.2%}, top-5 {results['test_top5']:.2%}")
     print(f"Results in {os.path.join(output_dir, run_dir.RESULTS)}")
-    figures.write_run_figures(output_dir, model, data.x_test, data.y_test, data.label_names)
     return results

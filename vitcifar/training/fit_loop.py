@@ -11,6 +11,7 @@ import signal
 import tempfile
 import time
 from contextlib import contextmanager
+from typing import Optional
 
 from vitcifar.backend.keras_compat import keras, to_numpy
 from vitcifar.config.settings import RunOptions, TrainConfig
@@ -19,6 +20,7 @@ from vitcifar.runs import checkpoint, run_dir, time_budget
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.runs.time_budget import CALIBRATION_STEPS, CALIBRATION_WARMUP_STEPS
 from vitcifar.training import optimization
+from vitcifar.training.wall_clock import WallClock
 
 LR_FACTOR = 0.5          # --patience epochs without a better val top-1 halve the rate
 
@@ -36,10 +38,12 @@ class Bookkeeper(keras.callbacks.Callback):
     with the weights in one checkpoint, so a resumed run goes on exactly where it stopped."""
 
     def __init__(self, config: TrainConfig, state: RunState, output_dir: str,
-                 tensorboard: "EpochLog | None" = None):
+                 tensorboard: "EpochLog | None" = None, clock: Optional[WallClock] = None):
         super().__init__()
         self.config, self.state, self.output_dir = config, state, output_dir
         self.tensorboard = tensorboard
+        self.clock = clock or WallClock()     # each epoch's steps, validation and saves
+        self.validation_started, self.validation_seconds, self.steps_done = 0.0, 0.0, 0
         self.nan_at = None                # (epoch, step) of the first non-finite loss
         self.stop_requested = False       # set by the first Ctrl-C
         self.epoch_started = 0.0
@@ -52,8 +56,16 @@ class Bookkeeper(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch_started = time.perf_counter()
+        self.validation_seconds, self.steps_done = 0.0, 0
+
+    def on_test_begin(self, logs=None):               # model.fit's validation
+        self.validation_started = time.perf_counter()
+
+    def on_test_end(self, logs=None):
+        self.validation_seconds += time.perf_counter() - self.validation_started
 
     def on_train_batch_end(self, batch, logs=None):
+        self.steps_done = batch + 1
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)) and self.nan_at is None:
             self.nan_at = (self.state.epochs_done + 1, batch + 1)
@@ -70,9 +82,10 @@ class Bookkeeper(keras.callbacks.Callback):
         improved = self.track_best(row)
         self.halve_rate_on_plateau()
         self.stop_early_if_asked()
-        self.save(improved)
-        if self.tensorboard is not None:
-            self.tensorboard.write(row)
+        with self.clock.phase("epoch-end saves and logs"):
+            self.save(improved)
+            if self.tensorboard is not None:
+                self.tensorboard.write(row)
         # A request stays set even when the vote missed it (a Ctrl-C during the vote), for
         # the next vote; but only the vote stops training, so all workers stop together.
         if self.any_worker(self.stop_requested):
@@ -83,9 +96,10 @@ class Bookkeeper(keras.callbacks.Callback):
         """Appends the epoch's row (epoch, the learning rate at the end of its training:
         plateau runs train a whole epoch at it, cosine runs' next step uses it; the run's
         seconds so far; its metrics) to the history and counts its time; returns the row."""
-        state = self.state
-        state.train_seconds += time.perf_counter() - self.epoch_started
+        state, seconds = self.state, time.perf_counter() - self.epoch_started
+        state.train_seconds += seconds
         state.epochs_done = epoch + 1
+        self.time_epoch(epoch, seconds)
         if self.config.lr_schedule != "plateau":      # the schedule's rate at the epoch's end
             state.learning_rate = optimization.current_learning_rate(self.model.optimizer)
         row = {"epoch": epoch + 1, "learning_rate": state.learning_rate,
@@ -94,6 +108,17 @@ class Bookkeeper(keras.callbacks.Callback):
                     if k not in ("lr", "learning_rate", "train_seconds")})
         state.history.append(row)
         return row
+
+    def time_epoch(self, epoch: int, seconds: float) -> None:
+        """Adds the epoch's training steps and validation to the wall clock, and its images
+        (steps x batch) and seconds to the clock's epochs; `whole` unless cut short."""
+        steps, training = self.steps_done, seconds - self.validation_seconds
+        self.clock.add("training steps", training)
+        self.clock.add("validation", self.validation_seconds)
+        self.clock.epochs.append({"epoch": epoch + 1, "images": steps * self.config.batch_size,
+                                  "train_seconds": training,
+                                  "validation_seconds": self.validation_seconds,
+                                  "whole": steps >= (self.params or {}).get("steps", steps)})
 
     def track_best(self, row: dict) -> bool:
         """Whether this epoch's validation top-1 is the best so far; updates the counters."""
@@ -203,11 +228,13 @@ class StepTimer(keras.callbacks.Callback):
 
 
 def calibrate(model, config: TrainConfig, options: RunOptions, train_data, augment, val,
-              val_images: int) -> time_budget.Plan:
+              val_images: int, test_images: int, clock: WallClock) -> time_budget.Plan:
     """--time-budget: times the compiled model's real training step on the real pipeline
     (CALIBRATION_STEPS after CALIBRATION_WARMUP_STEPS untimed ones), its validation step and
-    the saves at an epoch's end, then plans the steps (time_budget.plan). The model's weights
-    and optimizer state are put back as they were: the calibration steps train nothing."""
+    the saves at an epoch's end, then plans the steps (time_budget.plan) in what is left of
+    the budget after the command's time so far (`clock`) and before its end: the test
+    evaluation of `test_images` and the figures. The model's weights and optimizer state are
+    put back as they were: the calibration steps train nothing."""
     started = time.perf_counter()
     optimizer = model.optimizer
     checkpoint.build_optimizer_slots(optimizer, model)   # slots exist; a fresh Adam state:
@@ -246,9 +273,10 @@ def calibrate(model, config: TrainConfig, options: RunOptions, train_data, augme
     plan = time_budget.plan(
         config.time_budget, time.perf_counter() - started, train_rate, eval_rate,
         val_images / eval_rate + saving, config.batch_size, steps, per_call,
-        config.warmup_epochs / config.epochs)
+        config.warmup_epochs / config.epochs, spent_seconds=clock.elapsed(),
+        closing_seconds=test_images / eval_rate + time_budget.FIGURES_SECONDS)
     print(f"Time budget {config.time_budget:g} min: {train_rate:,.0f} training images/s "
           f"measured over {timed} steps, so {plan.steps:,} steps ({plan.steps / steps:.2f} "
           f"epochs, the first {plan.warmup_steps:,} warming up), about "
-          f"{plan.planned_seconds:.0f} s in all")
+          f"{plan.planned_seconds:.0f} s for the whole command")
     return plan

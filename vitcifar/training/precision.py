@@ -21,6 +21,11 @@ whatever the precision, and a run may resume, evaluate or export in another one.
                 the sample, width 64, not at all; benchmarks/README.md). Where the CPU's
                 features cannot be read, float32. The same on both stacks: TF 2.10's
                 oneDNN (the DirectML stack without an adapter) gains as TF 2.21's does.
+                The measurement is made once per machine, model shape and software and
+                kept in the user's cache folder (precision_cache.json; see `cache_file`),
+                so the same command gives the same choice whatever load the machine has
+                later; the banner says when the choice came from there. Delete the file
+                to measure again.
 --mixed-precision float16 / bfloat16 ask for a format; one the device cannot run is a
 UsageError naming what to use. `on` is float16, as before there were two formats.
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import platform
 import statistics
@@ -55,6 +61,14 @@ PROBE_ROUNDS, PROBE_MAX_ROUNDS, PROBE_SECONDS = 3, 9, 2.0   # rounds, and more w
 CPU_FLAGS = {"amx_bf16": "AMX-BF16", "avx512_bf16": "AVX512-BF16", "bf16": "BF16"}
 DIRECTML_BFLOAT16 = ("tensorflow-directml-plugin has no bfloat16 kernels for the model's ops "
                      "(MatMul, BatchMatMulV2, Erf, ...)")
+# TensorFlow 2.10 (the DirectML stack) on a CPU: its oneDNN bfloat16 kernels trained the tiny
+# preset to a NaN loss at the second step on an AMD EPYC with AVX512-BF16 (seeds 1, 2, 42;
+# issue 29), where TensorFlow 2.21 and float32 trained normally. Not reproducible on a CPU
+# without AVX512-BF16 (TF 2.10 runs Eigen's bfloat16 there), so the faulty kernel is not
+# known, and no check of a first step would see a NaN that comes at the second: bfloat16 is
+# refused there. TF 2.10 is paused; the current stack has bfloat16 on CPUs.
+TF210_CPU_BFLOAT16 = ("TensorFlow 2.10's bfloat16 CPU kernels trained the tiny preset to a NaN "
+                      "loss on an AVX512-BF16 CPU")
 
 
 @dataclass(frozen=True)
@@ -128,6 +142,9 @@ def check(name: str, device: devices.Device) -> None:
         raise UsageError(f"{flag}: this CPU has no bfloat16 arithmetic (none of "
                          f"{', '.join(CPU_FLAGS.values())}), so it would be emulated, slower "
                          "than float32; use --mixed-precision off")
+    if device.kind == "CPU" and _tensorflow_2_10():
+        raise UsageError(f"{flag}: {TF210_CPU_BFLOAT16}; use --mixed-precision off, or the "
+                         "current stack (requirements.txt) for bfloat16 on a CPU")
     if not keras_has_policy(BFLOAT16):
         raise UsageError(f"{flag}: Keras {_keras_version()} has no {BFLOAT16} policy; "
                          "use --mixed-precision off")
@@ -154,14 +171,77 @@ def _automatic(device: devices.Device, config: TrainConfig, workers: int) -> Pre
         return Precision(FLOAT32, "cannot tell whether this CPU has bfloat16 arithmetic")
     if not features:
         return Precision(FLOAT32, "this CPU has no bfloat16 arithmetic")
+    if _tensorflow_2_10():
+        return Precision(FLOAT32, f"{features[0]}, but {TF210_CPU_BFLOAT16}")
     if workers > 1:
         return Precision(FLOAT32, f"{workers} workers: auto measures one machine; give "
                                   "--mixed-precision bfloat16 to use it")
     if not keras_has_policy(BFLOAT16):
         return Precision(FLOAT32, f"Keras {_keras_version()} has no {BFLOAT16}")
-    speedup = block_speedup(*probe_shape(config))
-    what = f"{features[0]}; a block's training step {speedup:.2f}x float32's speed, measured"
+    speedup, when = cached_speedup(probe_shape(config), features)
+    what = (f"{features[0]}; a block's training step {speedup:.2f}x float32's speed, "
+            + (f"measured {when}, from the cache {cache_file()}" if when else "measured"))
     return Precision(BFLOAT16 if speedup >= MIN_SPEEDUP else FLOAT32, what, round(speedup, 2))
+
+
+def cache_file() -> str:
+    """Where measured speed-ups are kept: VIT_CIFAR_CACHE if set, else the user's cache
+    folder (XDG_CACHE_HOME or ~/.cache; on Windows LOCALAPPDATA)/vit-cifar."""
+    folder = os.environ.get("VIT_CIFAR_CACHE")
+    if not folder:
+        base = os.environ.get("LOCALAPPDATA") if os.name == "nt" else None
+        base = base or os.environ.get("XDG_CACHE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "vit-cifar")
+    return os.path.join(folder, "precision_cache.json")
+
+
+def cache_key(shape: tuple, features: Tuple[str, ...]) -> str:
+    """One line naming what the measurement depends on: the CPU (model name, its bfloat16
+    features, logical cores), the software (TensorFlow, Keras, Python) and the block's shape
+    (probe_shape)."""
+    versions = devices.versions()
+    return " | ".join([cpu_model_name(), "+".join(features), f"{os.cpu_count()} cores",
+                       f"TensorFlow {versions['tensorflow_version']}",
+                       f"Keras {versions['keras_version']}",
+                       f"Python {versions['python_version']}",
+                       "shape " + " ".join(map(str, shape))])
+
+
+def cached_speedup(shape: tuple, features: Tuple[str, ...]) -> Tuple[float, Optional[str]]:
+    """(bfloat16 / float32 speed of a block of `shape`, the date it was measured when it
+    came from the cache, else None): measured once (block_speedup) and kept in cache_file(),
+    read from there after. A cache that cannot be read or written is measured around."""
+    path, key = cache_file(), cache_key(shape, features)
+    entries = _read_cache(path)
+    if key in entries:
+        return float(entries[key]["speedup"]), entries[key]["measured"]
+    speedup = block_speedup(*shape)
+    entries[key] = {"speedup": round(speedup, 4), "measured": time.strftime("%Y-%m-%d")}
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(entries, handle, indent=1, sort_keys=True)
+        os.replace(temporary, path)                 # atomic: a reader never sees half
+    except OSError:
+        pass                                        # a read-only home: measure each time
+    return speedup, None
+
+
+def _read_cache(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            entries = json.load(handle)
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (/proc/cpuinfo's "model name"; elsewhere platform's
+    processor string)."""
+    return cpuinfo_value(("model name",)) or platform.processor() or platform.machine()
 
 
 def _capability(device: devices.Device) -> tuple:
@@ -176,6 +256,12 @@ def _shown(device: devices.Device) -> str:
 def _keras_version() -> str:
     from vitcifar.backend.keras_compat import keras_version
     return keras_version()
+
+
+def _tensorflow_2_10() -> bool:
+    """Whether the TensorFlow that runs is 2.10, the DirectML stack's (before 2.16 in all)."""
+    import tensorflow as tf
+    return tuple(int(part) for part in tf.__version__.split(".")[:2]) < (2, 16)
 
 
 def keras_has_policy(name: str) -> bool:
@@ -217,15 +303,21 @@ def proc_cpuinfo_flags(path: str = "/proc/cpuinfo") -> Optional[frozenset]:
     "Features"); None without that file."""
     if not os.path.isfile(path):
         return None
+    return frozenset((cpuinfo_value(("flags", "Features"), path) or "").split())
+
+
+def cpuinfo_value(keys: Tuple[str, ...], path: str = "/proc/cpuinfo") -> Optional[str]:
+    """The value of the first line of /proc/cpuinfo whose key is one of `keys`; None when
+    there is none or the file cannot be read."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             for line in handle:
                 key, _, value = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    return frozenset(value.split())
+                if key.strip() in keys:
+                    return value.strip()
     except OSError:
         return None
-    return frozenset()
+    return None
 
 
 # --- is bfloat16 faster for this model: a measurement ----------------------------------------

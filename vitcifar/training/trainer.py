@@ -24,20 +24,22 @@ from vitcifar.runs import init_from, resume, run_dir
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import distribution, ending, fit_loop, precision, workers
 from vitcifar.training.compiled import compile_model, local_model
+from vitcifar.training.wall_clock import WallClock
 
 
 def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         device: devices.Device, restart: bool = False,
         cluster: "distribution.Plan | None" = None,
-        init: "init_from.Source | None" = None) -> dict:
+        init: "init_from.Source | None" = None, clock: Optional[WallClock] = None) -> dict:
     """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
     what it writes to results.json. Raises RunStopped on NaN, disk errors, Ctrl-C and a lost
     worker, and UsageError, before touching anything, when another process trains in the
     folder. `cluster` (distribution.create) is the tf.distribute strategy, one device by
     default. On several workers only the chief writes --output-dir and the results; the
     others keep their bookkeeping in distribution.worker_dir() and return {}. `init`
-    (--init-from): the run to take a fresh run's first weights from."""
-    cluster = cluster or distribution.single_device()
+    (--init-from): the run to take a fresh run's first weights from. `clock`, from the
+    command's start, times the run's phases (a new one from here by default)."""
+    cluster, clock = cluster or distribution.single_device(), clock or WallClock()
     cluster.per_replica_batch(config.batch_size)              # UsageError unless it divides
     if config.time_budget and cluster.workers > 1:
         raise UsageError("--time-budget times one machine's steps; with several workers, "
@@ -47,16 +49,16 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     try:
         if cluster.chief:
             with run_dir.RunLock(options.output_dir):
-                return train(config, options, data, device, restart, cluster, init)
+                return train(config, options, data, device, restart, cluster, init, clock)
         with distribution.worker_dir() as own:
             return train(config, replace(options, output_dir=own, tensorboard=False), data,
-                         device, True, cluster, init)
+                         device, True, cluster, init, clock)
     except workers.LOST_WORKER_ERRORS as error:      # in an exchange outside model.fit
         if cluster.workers == 1:
             raise
         raise RunStopped(f"training stopped: lost contact with another worker of the "
-                         f"cluster ({type(error).__name__}: {workers.tensorflow_cause(error)}); rerun "
-                         "every worker's command (the same flags and TF_CONFIG)") from None
+                         f"cluster ({type(error).__name__}: {workers.tensorflow_cause(error)});"
+                         " rerun every worker's command (the same flags and TF_CONFIG)") from None
 
 
 class Built(NamedTuple):
@@ -83,7 +85,7 @@ def build(config: TrainConfig, options: RunOptions, device: devices.Device,
 
 def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
           device: devices.Device, restart: bool, cluster: "distribution.Plan",
-          init: "init_from.Source | None") -> dict:
+          init: "init_from.Source | None", clock: WallClock) -> dict:
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     (x_train, y_train), (x_val, y_val) = cifar.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
@@ -100,7 +102,8 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
 
     keras.utils.set_random_seed(config.seed)
     steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
-    built = build(config, options, device, cluster, steps, x_val, y_val)
+    with clock.phase("model build"):
+        built = build(config, options, device, cluster, steps, x_val, y_val)
     if saved_config is not None:
         with cluster.strategy.scope():
             state = resume.restore(built.model, config, options, saved_config)
@@ -110,20 +113,21 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
               f"{len(data.x_test):,} test images; run directory {options.output_dir}")
         config, built, state = start(config, options, device, cluster, built, steps,
-                                     (x_train, y_train), (x_val, y_val))
+                                     (x_train, y_train), (x_val, y_val), clock,
+                                     len(data.x_test))
         if init is not None:   # after start: the budget's timing restores what it trained
             with cluster.strategy.scope():
                 print(init_from.apply(built.model, init, config, data.label_names))
     if config.regularisation == "auto":
         print(describe_regularisation(config))
     config = fix_schedule(config, state, built.schedule, steps)
-    fit(config, options, cluster, built, state, (x_train, y_train), data)
+    fit(config, options, cluster, built, state, (x_train, y_train), data, clock)
     if not cluster.chief:
         print(f"Worker done: {state.epochs_done} epochs trained; the chief writes the results")
         return {}
     try:
         return ending.finish(config, options, data, local_model(cluster, config, built.model),
-                             state, device, len(x_train), chosen_precision, cluster)
+                             state, device, len(x_train), chosen_precision, cluster, clock)
     except KeyboardInterrupt:
         raise RunStopped(f"stopped by Ctrl-C during the final evaluation; all "
                          f"{state.epochs_done} epochs are saved in {options.output_dir}; run "
@@ -133,7 +137,8 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
 
 def start(config: TrainConfig, options: RunOptions, device: devices.Device,
           cluster: "distribution.Plan", built: Built, steps: int, train_split: Tuple,
-          val_split: Tuple) -> Tuple[TrainConfig, Built, RunState]:
+          val_split: Tuple, clock: WallClock, test_images: int
+          ) -> Tuple[TrainConfig, Built, RunState]:
     """A fresh run's state; with --time-budget, the plan from timing the first steps, and
     what regularisation "auto" then chooses for the planned epochs (kept in config.json for
     resuming). Returns (config, built, state): built again only if the choice changed the
@@ -141,9 +146,10 @@ def start(config: TrainConfig, options: RunOptions, device: devices.Device,
     state = RunState(learning_rate=config.learning_rate)
     if not config.time_budget:
         return config, built, state
-    with cluster.strategy.scope():
+    with cluster.strategy.scope(), clock.phase("calibration"):
         state.plan = fit_loop.calibrate(built.model, config, options, train_split,
-                                        built.augment, built.validation, len(val_split[0]))
+                                        built.augment, built.validation, len(val_split[0]),
+                                        test_images, clock)
     state.train_seconds += state.plan.calibration_seconds
     # the planned epochs known: regularisation "auto" chooses now (timed without it; with
     # 8x8 patches it adds only mixing, which costs little)
@@ -151,7 +157,8 @@ def start(config: TrainConfig, options: RunOptions, device: devices.Device,
     if chosen != config:                  # the choice is kept in config.json for resuming
         if replace(chosen, regularisation_epochs=config.regularisation_epochs) != config:
             # a new setting: a new model, traced again; else the calibrated, traced model
-            built = build(chosen, options, device, cluster, steps, *val_split)
+            with clock.phase("model build"):
+                built = build(chosen, options, device, cluster, steps, *val_split)
         config = chosen
         run_dir.atomic_write_json(os.path.join(options.output_dir, run_dir.CONFIG),
                                   to_json(config, options))
@@ -172,13 +179,13 @@ def fix_schedule(config: TrainConfig, state: RunState, schedule, steps: int) -> 
 
 
 def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", built: Built,
-        state: RunState, train_split: Tuple, data: cifar.CifarData) -> None:
+        state: RunState, train_split: Tuple, data: cifar.CifarData, clock: WallClock) -> None:
     """model.fit from the epoch `state` has reached to config.epochs, with the Bookkeeper;
     raises RunStopped (after drawing the figures so far) on Ctrl-C, NaN or a lost worker."""
     if state.epochs_done >= config.epochs or state.stopped_early:
         return
     bookkeeper = fit_loop.Bookkeeper(config, state, options.output_dir,
-                                     fit_loop.epoch_log(options, options.output_dir))
+                                     fit_loop.epoch_log(options, options.output_dir), clock)
     bookkeeper.any_worker = lambda flag: distribution.any_worker(cluster, flag)
     x_train, y_train = train_split
     train_data = training_data(cluster, config, built.augment, x_train, y_train,
