@@ -12,7 +12,8 @@ holds for the PrivateUse1 key (torch_directml's device) in
     dml_cpu_fallback                           the CPU runs it: a fallback
     a structured op's functional or in-place   its `.out` overload's kernel does the work
       form (CompositeExplicitAutogradNonFunctional; one without `.out`, such as
-      new_empty_strided, is followed as a composite)
+      new_empty_strided, or whose `.out` is a composite, such as select_backward, is
+      followed as a composite)
     CompositeExplicitAutograd (views, _to_copy, sum, stack, _foreach_* ...)
                                                the ops its kernel calls, found by running
                                                that kernel alone on the recorded call
@@ -55,7 +56,11 @@ def trace(step: Callable[[], object]) -> Dict[str, tuple]:
     class Recorder(TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             calls.setdefault(func.name(), (func, args, kwargs or {}))
-            return func(*args, **(kwargs or {}))
+            try:
+                return func(*args, **(kwargs or {}))
+            except RuntimeError:   # inside a composite run alone, a wrapped number can come
+                #                    as a Python scalar: the packet picks the Scalar overload
+                return func.overloadpacket(*args, **(kwargs or {}))
 
     with Recorder():
         step()
@@ -95,7 +100,22 @@ def composite_calls(call: tuple, key_name: str) -> Dict[str, tuple]:
 
     func, args, kwargs = call
     keys = torch._C.DispatchKeySet(getattr(torch._C.DispatchKey, key_name))
-    return trace(lambda: func.redispatch(keys, *args, **kwargs))
+    args, kwargs = _detached(args), _detached(kwargs)    # in-place ops on weights (leaves
+    with torch.no_grad():                                # that require grad) run here too
+        return trace(lambda: func.redispatch(keys, *args, **kwargs))
+
+
+def _detached(value):
+    """`value` with every tensor in it (lists, tuples, dicts) a detached copy."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached(item) for item in value)
+    if isinstance(value, dict):
+        return {key: _detached(item) for key, item in value.items()}
+    return value
 
 
 def resolve(calls: Dict[str, tuple]) -> Dict[str, str]:
@@ -113,16 +133,16 @@ def resolve(calls: Dict[str, tuple]) -> Dict[str, str]:
             verdicts[name] = "kernel"
         elif FALLBACK in line:
             verdicts[name] = f"FALLBACK ({FALLBACK})"
-        elif STRUCTURED in line and out_overload(name) is None:   # new_empty_strided ...
-            verdicts[name] = "composite"
-            pending.extend(composite_calls(call, STRUCTURED).items())
         elif STRUCTURED in line:
             out = out_overload(name)
             out_line = privateuse1_kernel(out) if out else ""
-            verdicts[name] = (f"kernel of {out}" if OWN_KERNEL in out_line and
-                              FALLBACK not in out_line else
-                              f"FALLBACK (its {out or '.out'} is {FALLBACK})"
-                              if FALLBACK in out_line else f"NO KERNEL (nor for {out})")
+            if OWN_KERNEL in out_line and FALLBACK not in out_line:
+                verdicts[name] = f"kernel of {out}"
+            elif FALLBACK in out_line:
+                verdicts[name] = f"FALLBACK (its {out} is {FALLBACK})"
+            else:        # no .out (new_empty_strided), or a composite one (select_backward)
+                verdicts[name] = "composite"
+                pending.extend(composite_calls(call, STRUCTURED).items())
         elif COMPOSITE_EXPLICIT in line or COMPOSITE_IMPLICIT in line or "math kernel" in line:
             verdicts[name] = "composite"
             key = ("CompositeExplicitAutograd" if COMPOSITE_EXPLICIT in line
