@@ -1,21 +1,9 @@
-"""A stand-in for vit_model.build_model, for the plumbing tests of a backend the model does not
-run on yet: a linear classifier with the VisionTransformer's attributes that a run uses
-(pooling, patch size and stride, attention_weights), weight paths under "vit/".
-
-    python tests/stand_in_model.py SCRIPT ARGS...
-
-runs SCRIPT (train_cifar10.py, evaluate.py, ...) as `python SCRIPT ARGS` would, with the
-stand-in in place of vit_model.build_model.
+"""A stand-in for vit_model.build_model: a linear classifier with the VisionTransformer's
+attributes that a run uses (pooling, patch size and stride, attention_weights), weight paths
+under "vit/". tests/test_torch_directml_ops.py traces the app's optimizers, schedules, losses
+and metrics with it, apart from the model's own ops.
 """
-import importlib.util
-import os
-import runpy
-import sys
-import types
-
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_model(config):
@@ -44,26 +32,3 @@ def build_model(config):
     model = StandIn()
     model(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8))
     return model
-
-
-class _VitModel(types.ModuleType):
-    """vit_model with build_model replaced; anything else is the real module's, imported
-    when first asked for (not before: the command chooses the backend first)."""
-    build_model = staticmethod(build_model)
-
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        spec = importlib.util.spec_from_file_location("vit_model_real",
-                                                      os.path.join(ROOT, "vit_model.py"))
-        real = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(real)
-        return getattr(real, name)
-
-
-if __name__ == "__main__":
-    sys.path.insert(0, ROOT)
-    sys.modules["vit_model"] = _VitModel("vit_model")
-    script = os.path.join(ROOT, sys.argv[1])
-    sys.argv = [script, *sys.argv[2:]]
-    runpy.run_path(script, run_name="__main__")

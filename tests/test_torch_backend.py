@@ -2,19 +2,15 @@
 one line, and a run's plumbing (fit, checkpoint, resume across backends, results, figures) on
 Keras's torch backend.
 
-The run tests use tests/stand_in_model.py in place of vit_model.build_model, so that they
-check the app's own code around the model on torch, whatever the model runs on; they start
-processes and need Keras 3 and torch (skipped without them).
+The run tests train the tiny ViT on torch, resume it on TensorFlow, evaluate it on torch and
+export it; they start processes and need Keras 3 and torch (skipped without them).
 """
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers import ROOT, app_environment, run_app
+from helpers import run_app
 from vitcifar.backend import devices, torch_devices
 from vitcifar.config.flags import backend_requested
 from vitcifar.config.settings import RunOptions
@@ -146,23 +142,16 @@ def test_bad_backend_input_is_one_line_and_touches_nothing(tmp_path):
                                                tmp_path=tmp_path)
 
 
-# --- a run on torch, with a stand-in model ---------------------------------------------------
-
-def stand_in(script, *args, env=None, timeout=600):
-    """`python SCRIPT ARGS` with tests/stand_in_model.py's model in place of the ViT."""
-    return subprocess.run([sys.executable, os.path.join(ROOT, "tests", "stand_in_model.py"),
-                           script, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=app_environment(env), cwd=ROOT)
-
+# --- a run on torch ---------------------------------------------------------------------------
 
 @pytest.mark.slow
 @needs_torch
-def test_a_torch_run_trains_saves_and_resumes_on_tensorflow(tmp_path, cifar10_tar):
+def test_a_torch_run_trains_resumes_on_tensorflow_evaluates_and_exports(tmp_path, cifar10_tar):
     out = tmp_path / "run"
     flags = ["--preset", "tiny", "--data-dir", cifar10_tar, "--output-dir", out,
              "--batch-size", "32", "--lr-schedule", "cosine", "--optimizer", "adamw",
              "--weight-decay", "0.05"]
-    torch_run = stand_in("train_cifar10.py", *flags, "--epochs", "2", "--backend", "torch")
+    torch_run = run_app("train_cifar10.py", *flags, "--epochs", "2", "--backend", "torch")
     assert torch_run.returncode == 0, torch_run.stderr
     banner = torch_run.stdout.splitlines()[0]
     assert " on torch " in banner and "training on CPU (cpu: " in banner, banner
@@ -173,7 +162,7 @@ def test_a_torch_run_trains_saves_and_resumes_on_tensorflow(tmp_path, cifar10_ta
                  "training_curves.png", "attention_maps.png"):
         assert (out / name).exists(), name
 
-    resumed = stand_in("train_cifar10.py", *flags, "--epochs", "3", "--backend", "tensorflow")
+    resumed = run_app("train_cifar10.py", *flags, "--epochs", "3", "--backend", "tensorflow")
     assert resumed.returncode == 0, resumed.stderr
     assert "| TensorFlow " in resumed.stdout.splitlines()[0]
     assert "warning: the optimizer state" not in resumed.stdout      # Adam moments carried
@@ -181,18 +170,21 @@ def test_a_torch_run_trains_saves_and_resumes_on_tensorflow(tmp_path, cifar10_ta
     assert results["backend"] == "tensorflow" and results["epochs_completed"] == 3
     assert len((out / "history.csv").read_text().splitlines()) == 1 + 3
 
-    evaluated = stand_in("evaluate.py", out, "--backend", "torch")
+    evaluated = run_app("evaluate.py", out, "--backend", "torch")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "results.json: the same" in evaluated.stdout
+    exported = run_app("export.py", out)
+    assert exported.returncode == 0, exported.stderr
+    assert (out / "export" / "model.onnx").exists()
 
 
 @pytest.mark.slow
 @needs_torch
 def test_a_time_budget_plans_on_torch(tmp_path, cifar10_tar):
     out = tmp_path / "run"
-    result = stand_in("train_cifar10.py", "--preset", "fast", "--data-dir", cifar10_tar,
-                      "--output-dir", out, "--batch-size", "16", "--time-budget", "0.15",
-                      "--backend", "torch", "--no-tensorboard")
+    result = run_app("train_cifar10.py", "--preset", "fast", "--data-dir", cifar10_tar,
+                     "--output-dir", out, "--batch-size", "16", "--time-budget", "0.15",
+                     "--backend", "torch", "--no-tensorboard")
     assert result.returncode == 0, result.stderr
     assert "training images/s measured" in result.stdout
     assert json.loads((out / "results.json").read_text())["time_budget_plan"]["steps"] > 0
