@@ -38,8 +38,8 @@ class Spy(importlib.abc.MetaPathFinder):
                       open({str(record)!r}, "w"))
         return None
 sys.meta_path.insert(0, Spy())
-import cli
-sys.exit(cli.main("cifar10", ["--gpu", "1", "--list-devices"]))
+from vitcifar.commands import train
+sys.exit(train.main("cifar10", ["--gpu", "1", "--list-devices"]))
 """
     env = {k: v for k, v in os.environ.items() if not k.endswith("VISIBLE_DEVICES")}
     import subprocess

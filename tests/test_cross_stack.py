@@ -24,13 +24,14 @@ pytestmark = [pytest.mark.slow,
 # what the other stack makes of every array of this stack's checkpoint.
 ROUND_TRIP = """
 import sys
-import devices
+from vitcifar.backend import devices
 devices.prepare_environment(None)
-import checkpoint, run_dir, training
+from vitcifar.runs import checkpoint, run_dir
+from vitcifar.training import compiled
 from vit_model import build_model
 config, options = run_dir.read_config(sys.argv[1])
 model = build_model(config)
-training.compile_model(model, config)
+compiled.compile_model(model, config)
 state = checkpoint.load_checkpoint(sys.argv[2], model, model.optimizer)
 checkpoint.save_checkpoint(sys.argv[3], model, model.optimizer, state)
 import tensorflow as tf
