@@ -24,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 import tempfile
 from typing import Optional
 
@@ -66,11 +67,13 @@ def one_run(archive: str, output_dir: str, preset: str, seed: int, extra) -> dic
                "--output-dir", output_dir, "--restart", "--preset", preset, "--seed",
                str(seed), *extra]
     print("running:", " ".join(command[1:]), flush=True)
+    started = time.perf_counter()
     if subprocess.call(command, cwd=ROOT, stdout=subprocess.DEVNULL) != 0:
         raise RunStopped(f"train_cifar10.py failed for seed {seed}; rerun its command above "
                          "to see why")
     with open(os.path.join(output_dir, "results.json"), encoding="utf-8") as handle:
         results = json.load(handle)
+    results["command_seconds"] = time.perf_counter() - started       # the process, end to end
     with open(os.path.join(output_dir, "history.csv"), newline="", encoding="utf-8") as handle:
         results["history"] = [{k: float(v) for k, v in row.items()}
                               for row in csv.DictReader(handle)]
@@ -105,6 +108,15 @@ def main(argv=None) -> int:
           f"{summary([r['test_top1'] for r in runs], '%', 100)}, training "
           f"{summary([r['train_seconds'] for r in runs], ' s', digits=0)}, images seen "
           f"{summary([r['images_seen'] for r in runs], digits=0)}")
+    for seed, r in enumerate(runs):          # where each command's wall time went
+        wall = r["wall_time"]
+        phases = ", ".join(f"{name} {seconds:.0f}" for name, seconds in
+                           sorted(wall["phases"].items(), key=lambda item: -item[1]))
+        print(f"seed {seed} wall time: {r['command_seconds']:.0f} s for the whole command "
+              f"({wall['total_seconds']:.0f} s from its main); steady rate "
+              f"{wall['steady_images_per_second']} images/s, "
+              f"{wall.get('budget_share_at_steady_rate', 0):.0%} of the budget trained at it; "
+              f"seconds by phase: {phases}")
     for seed, r in enumerate(runs):          # train_cifar10.py's --mixed-precision decision
         print(f"seed {seed} precision: {r['precision']['policy']} ({r['precision']['reason']})")
     return 0

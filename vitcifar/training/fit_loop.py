@@ -118,7 +118,12 @@ class Bookkeeper(keras.callbacks.Callback):
         self.clock.epochs.append({"epoch": epoch + 1, "images": steps * self.config.batch_size,
                                   "train_seconds": training,
                                   "validation_seconds": self.validation_seconds,
-                                  "whole": steps >= (self.params or {}).get("steps", steps)})
+                                  "whole": steps >= self.steps_per_epoch(steps)})
+
+    def steps_per_epoch(self, default: int) -> int:
+        """model.fit's steps per epoch (Keras sets self.params when fit starts; a test that
+        calls the methods itself has none: `default` then)."""
+        return (getattr(self, "params", None) or {}).get("steps") or default
 
     def track_best(self, row: dict) -> bool:
         """Whether this epoch's validation top-1 is the best so far; updates the counters."""
