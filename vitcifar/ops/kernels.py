@@ -120,11 +120,16 @@ def attend(q, k, v):
     weights = attention_weights(q, k)                                       # P: (B, H, T, T)
     narrow = ops.cast(weights, v.dtype)
     context = matmul(narrow, v)
+    # The backward reads O; on PyTorch through a detached view of it: the returned tensor
+    # points to its autograd node, which holds this closure, and a closure holding that
+    # tensor makes a reference cycle that only Python's cycle collector frees (measured:
+    # about 5 MB a step kept, 2 GB in 240 tiny-preset steps). TensorFlow's graph keeps it.
+    saved = context if TENSORFLOW else ops.stop_gradient(context)
 
     def grad(d_context):
         d_v = matmul(narrow, d_context, transpose_a=True)
         d_weights = ops.cast(matmul(d_context, v, transpose_b=True), wide)  # dP
-        row = ops.sum(ops.cast(d_context, wide) * ops.cast(context, wide), axis=-1,
+        row = ops.sum(ops.cast(d_context, wide) * ops.cast(saved, wide), axis=-1,
                       keepdims=True)                                        # (B, H, T, 1)
         d_scores = ops.cast(weights * (d_weights - row), q.dtype)
         return (matmul(d_scores, k, transpose_b=True),                      # dq: (B, H, T, Dh)
