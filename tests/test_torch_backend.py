@@ -173,9 +173,10 @@ def test_a_torch_run_trains_resumes_on_tensorflow_evaluates_and_exports(tmp_path
     evaluated = run_app("evaluate.py", out, "--backend", "torch")
     assert evaluated.returncode == 0, evaluated.stderr
     assert "results.json: the same" in evaluated.stdout
-    exported = run_app("export.py", out)
-    assert exported.returncode == 0, exported.stderr
-    assert (out / "export" / "model.onnx").exists()
+    if importlib.util.find_spec("tf2onnx") is not None:     # requirements-export.txt
+        exported = run_app("export.py", out)
+        assert exported.returncode == 0, exported.stderr
+        assert (out / "export" / "model.onnx").exists()
 
 
 @pytest.mark.slow
