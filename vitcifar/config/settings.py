@@ -17,9 +17,8 @@ before TensorFlow is imported (DML_VISIBLE_DEVICES is only read at import time).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Optional, Tuple
 
 from vitcifar.config.datasets import (DATASET_NAMES, DATASETS, FOLDER_TEST_FRACTION, IMAGE_SIZE,
                                       IMAGES, IMAGES_DISPLAY_NAME)
