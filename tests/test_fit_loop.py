@@ -1,5 +1,5 @@
 """fit_loop.py: the Bookkeeper's plateau halving and its floor, early stopping, and the rates
-it records."""
+it records; the BudgetKeeper's re-plans from the steps' own times."""
 import pytest
 import tensorflow as tf
 
@@ -61,3 +61,59 @@ def test_a_cosine_run_records_its_scheduled_rates_and_never_halves(bookkeeper_of
     keeper = bookkeeper_of(lr_schedule="cosine", patience=1, learning_rate=1e-3)
     rates = feed(keeper, [0.5, 0.4, 0.3])
     assert rates == [pytest.approx(1e-3)] * 3      # no step taken: the schedule's start
+
+
+class FakeClock:
+    """The BudgetKeeper's `now`, moved by hand; the command started at 0."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def budget_keeper(plan_steps=100, steps_per_epoch=60):
+    """A BudgetKeeper and the cosine schedule it sets, with a plan of `plan_steps` steps of
+    batch 1 at 1 step/s in a 2-minute budget (114 s usable: 14 s spent before training)."""
+    from vitcifar.runs import time_budget
+    from vitcifar.training import optimization
+    from vitcifar.training.wall_clock import WallClock
+    plan = time_budget.plan(2.0, 14.0, 1.0, 10.0, 0.0, 1, steps_per_epoch, 1, 0.1,
+                            spent_seconds=14.0)
+    assert plan.steps == plan_steps
+    state = RunState(plan=plan, schedule_steps=[plan.steps, plan.warmup_steps])
+    schedule = optimization.WarmupCosine(1e-3, plan.warmup_steps, plan.steps)
+    now = FakeClock()
+    keeper = fit_loop.BudgetKeeper(state, WallClock(started=0.0), schedule, 1,
+                                   steps_per_epoch, 1, max_epochs=3, now=now)
+    return keeper, state, schedule, now
+
+
+def run_steps(keeper, now, first_batch, count, seconds_each):
+    for batch in range(first_batch, first_batch + count):
+        now.t += seconds_each
+        keeper.on_train_batch_end(batch)
+
+
+def test_steps_slower_than_calibrated_shrink_the_plan_and_the_schedule_with_it():
+    keeper, state, schedule, now = budget_keeper()
+    now.t = 14.0                               # training starts when the plan said
+    run_steps(keeper, now, 0, 11, 2.0)         # 2 s a step, not 1: at step 11, 14 + 22 s
+    plan = state.plan                          # 114 - 36 = 78 s left: 39 more steps
+    assert plan.replans == 1 and plan.steps == 11 + 39 and plan.train_images_per_second == 0.5
+    assert state.schedule_steps == [50, plan.warmup_steps]
+    assert int(schedule.total_steps.numpy()) == 50
+
+
+def test_the_gap_between_epochs_counts_as_each_epochs_end():
+    keeper, state, _, now = budget_keeper()
+    now.t = 14.0
+    run_steps(keeper, now, 0, 60, 1.0)         # epoch 1 at the calibrated rate
+    state.epochs_done = 1
+    now.t += 5.0                               # its validation and saves
+    run_steps(keeper, now, 0, 12, 1.0)
+    assert keeper.epoch_end_seconds == pytest.approx(5.0)
+    # re-planned at step 71 (90 s in) at 1 s a step: 114 - 90 = 24 s = 19 steps + 5 s for
+    # this epoch's end, no time for another epoch's
+    assert state.plan.steps == 71 + 19 and state.plan.epochs == 2

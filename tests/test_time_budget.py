@@ -62,3 +62,38 @@ def test_a_plan_saved_before_the_whole_command_counted_still_reads():
     del values["plan"]["spent_seconds"], values["plan"]["closing_seconds"]
     state = RunState.from_json(json.dumps(values))
     assert state.plan.steps == planned().steps and state.plan.spent_seconds == 0.0
+
+
+def replanned(plan, elapsed, epochs_done, into, rate, epoch_end=0.0, max_epochs=100):
+    return time_budget.replan(plan, elapsed, epochs_done, into, rate, epoch_end, 1, 20, 1,
+                              max_epochs)
+
+
+def test_a_replan_at_the_plans_own_rate_changes_nothing_but_its_count():
+    plan = planned(spent=7.0, epoch_end=1.0)          # 164 steps: 8 epochs of 20, then 4
+    # 3 epochs and 10 steps done at 4 steps/s after the 7 s: 7 + 70 * 0.25 + 3 * 1 s
+    again = replanned(plan, 7.0 + 70 * 0.25 + 3.0, 3, 10, 4.0, epoch_end=1.0)
+    assert (again.steps, again.epochs, again.last_epoch_steps) == (164, 9, 4)
+    assert again.replans == 1 and again.warmup_steps == plan.warmup_steps
+    assert again.planned_seconds == pytest.approx(plan.planned_seconds)
+
+
+def test_a_faster_rate_than_calibrated_fills_the_budget_and_a_slower_one_ends_sooner():
+    plan = planned()                                  # 228 steps at 4 steps/s in 57 s
+    faster = replanned(plan, 10.0, 2, 0 + 1, 8.0)     # 41 done; 47 s at 8 steps/s: 376 more
+    assert faster.steps == 41 + 376 and faster.epochs == 21
+    slower = replanned(plan, 10.0, 2, 1, 2.0)         # 47 s at 2 steps/s: 94 more
+    assert slower.steps == 41 + 94 and slower.last_epoch_steps == 135 - 6 * 20
+    assert faster.warmup_steps == slower.warmup_steps == plan.warmup_steps == 23
+
+
+def test_a_replan_never_goes_past_the_epochs_fit_runs_nor_back_before_the_step_in_progress():
+    plan = planned()
+    capped = replanned(plan, 10.0, 2, 1, 8.0, max_epochs=12)
+    assert (capped.epochs, capped.last_epoch_steps, capped.steps) == (12, 20, 240)
+    spent = replanned(plan, 120.0, 2, 7, 4.0)         # past the budget: stop at this step
+    assert (spent.epochs, spent.last_epoch_steps, spent.steps) == (3, 7, 47)
+    calls = time_budget.replan(plan, 120.0, 2, 7, 4.0, 0.0, 1, 20, 4, 100)
+    assert (calls.epochs, calls.last_epoch_steps) == (3, 8)   # the end of the call in progress
+    short = replanned(plan, 1.0, 0, 5, 0.01)          # 0.01 steps/s: the warmup is cut
+    assert short.steps == 5 and short.warmup_steps == 5

@@ -209,10 +209,11 @@ class TrainConfig:
         "stop after this many epochs without a better validation top-1 (0: never)",
         resumable=True))
     time_budget: float = field(default=0.0, metadata=_flag(
-        "minutes of training (0: off, --epochs decides): the run times its first steps on "
-        "this machine and trains as many steps as end within them (whole epochs, the last "
-        "cut short), the warmup the same share of the schedule as --warmup-epochs of "
-        "--epochs; --epochs is then not used"))
+        "minutes for the whole command (0: off, --epochs decides): the run times its first "
+        "steps on this machine and trains as many steps as end within them (whole epochs, "
+        "the last cut short; re-planned from the steps' own times as it trains), the warmup "
+        "the same share of the schedule as --warmup-epochs of --epochs; --epochs is then not "
+        "used"))
     seed: int = field(default=42, metadata=_flag(
         "seed for the split, initial weights, shuffling and augmentation"))
     regularisation: str = field(default="off", metadata=_flag(

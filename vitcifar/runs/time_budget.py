@@ -8,14 +8,23 @@ evaluation and figures: `closing_seconds`) come out of it, so `--time-budget 3` 
 a whole number of steps_per_execution calls (Keras counts them from each epoch's start), at
 least one call; the warmup is the same share of the planned steps as --warmup-epochs of
 --epochs. It uses BUDGET_SHARE of the budget, as epochs vary by a few percent in length.
-No TensorFlow here.
+
+A calibration of a few steps can be far off: measured while another process loads the
+machine, or before the input pipeline's cache is filled, it was 25% slow or fast on a 2-core
+CPU. So training re-plans (`replan`, every REPLAN_EVERY of the planned steps) from the rate
+of its own latest steps and the command's clock: the last epoch grows or shrinks, up to the
+epochs model.fit was started with. No TensorFlow here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Tuple
 
 # untimed steps first (tracing, warm caches), then timed ones
 CALIBRATION_WARMUP_STEPS, CALIBRATION_STEPS, BUDGET_SHARE = 3, 10, 0.95
+# training re-plans after every such share of the planned steps, and not more often than
+# every REPLAN_MIN_STEPS steps (the rate is the mean over the steps since the last re-plan)
+REPLAN_EVERY, REPLAN_MIN_STEPS = 0.1, 10
 # Drawing a run's four figures from predictions already made (matplotlib, Agg), seconds: a
 # bound over what this project's 2-core CPUs took (results.json "wall_time", "figures").
 FIGURES_SECONDS = 4.0
@@ -36,6 +45,8 @@ class Plan:
     calibration_seconds: float
     spent_seconds: float = 0.0    # the command's seconds before the plan, calibration included
     closing_seconds: float = 0.0  # planned for the test evaluation and figures
+    epoch_end_seconds: float = 0.0   # validation and saves after each epoch
+    replans: int = 0              # times training re-planned from its own step rate
 
 
 def plan(budget_minutes: float, calibration_seconds: float, train_images_per_second: float,
@@ -49,16 +60,9 @@ def plan(budget_minutes: float, calibration_seconds: float, train_images_per_sec
     step_seconds = batch_size / train_images_per_second
     spent_seconds = max(spent_seconds, calibration_seconds)
     available = budget_minutes * 60 * BUDGET_SHARE - spent_seconds - closing_seconds
-    per_call, steps = steps_per_execution, steps_per_epoch
-    epochs, last = 1, min(per_call, steps)
-    for candidate in range(1, 100_000):
-        left = int((available - candidate * epoch_end_seconds) // step_seconds) \
-            - (candidate - 1) * steps
-        left = min(steps, left - left % per_call)
-        if left <= 0:
-            break
-        epochs, last = candidate, left
-    total = (epochs - 1) * steps + last
+    epochs, last = _fit(available, step_seconds, epoch_end_seconds, steps_per_epoch,
+                        steps_per_execution)
+    total = (epochs - 1) * steps_per_epoch + last
     return Plan(budget_minutes=budget_minutes,
                 train_images_per_second=round(train_images_per_second, 1),
                 validation_images_per_second=round(validation_images_per_second, 1),
@@ -67,4 +71,48 @@ def plan(budget_minutes: float, calibration_seconds: float, train_images_per_sec
                 planned_seconds=round(spent_seconds + total * step_seconds
                                       + epochs * epoch_end_seconds + closing_seconds, 1),
                 calibration_seconds=round(calibration_seconds, 1),
-                spent_seconds=round(spent_seconds, 1), closing_seconds=round(closing_seconds, 1))
+                spent_seconds=round(spent_seconds, 1), closing_seconds=round(closing_seconds, 1),
+                epoch_end_seconds=round(epoch_end_seconds, 2))
+
+
+def replan(plan: Plan, elapsed_seconds: float, epochs_done: int, steps_into_epoch: int,
+           train_images_per_second: float, epoch_end_seconds: float, batch_size: int,
+           steps_per_epoch: int, steps_per_execution: int, max_epochs: int) -> Plan:
+    """`plan` again, during training: `epochs_done` whole epochs and `steps_into_epoch` steps
+    of the next are done `elapsed_seconds` after the command started; the steps left are
+    planned at the measured `train_images_per_second` and `epoch_end_seconds`, in the same
+    budget, with the same closing, in at most `max_epochs` epochs. Never before the step in
+    progress (the next whole call after it): a budget already spent stops there. The warmup
+    keeps its steps (cut to the total)."""
+    step_seconds = batch_size / train_images_per_second
+    available = plan.budget_minutes * 60 * BUDGET_SHARE - elapsed_seconds - plan.closing_seconds
+    epochs, last = _fit(available, step_seconds, epoch_end_seconds, steps_per_epoch,
+                        steps_per_execution, epochs_done, steps_into_epoch, max_epochs)
+    total = (epochs - 1) * steps_per_epoch + last
+    left = total - epochs_done * steps_per_epoch - steps_into_epoch
+    return replace(plan, train_images_per_second=round(train_images_per_second, 1),
+                   epochs=epochs, steps=total, last_epoch_steps=last,
+                   warmup_steps=min(plan.warmup_steps, total),
+                   planned_seconds=round(elapsed_seconds + left * step_seconds
+                                         + (epochs - epochs_done) * epoch_end_seconds
+                                         + plan.closing_seconds, 1),
+                   epoch_end_seconds=round(epoch_end_seconds, 2), replans=plan.replans + 1)
+
+
+def _fit(available: float, step_seconds: float, epoch_end_seconds: float, steps: int,
+         per_call: int, epochs_done: int = 0, steps_into_epoch: int = 0,
+         max_epochs: int = 100_000) -> Tuple[int, int]:
+    """(last epoch, 1-based; its steps): the most steps after the `steps_into_epoch` of epoch
+    `epochs_done + 1` whose time and epoch ends (this epoch's and each later one's) fit in
+    `available` seconds; whole calls of `per_call`; at least to the next call's end."""
+    done = epochs_done * steps + steps_into_epoch
+    least = min(steps, per_call * max(1, -(-steps_into_epoch // per_call)))
+    epochs, last = epochs_done + 1, least
+    for candidate in range(epochs_done + 1, max_epochs + 1):
+        left = int((available - (candidate - epochs_done) * epoch_end_seconds) // step_seconds) \
+            + done - (candidate - 1) * steps
+        left = min(steps, left - left % per_call)
+        if left < (least if candidate == epochs_done + 1 else 1):
+            break
+        epochs, last = candidate, left
+    return epochs, last

@@ -1,5 +1,5 @@
 """model.fit and what runs around it: the Bookkeeper callback (the run's bookkeeping at every
-epoch's end), the TensorBoard epoch log, the two-stage Ctrl-C handler, and the calibration
+epoch's end), the BudgetKeeper (--time-budget's re-plans while training), the TensorBoard epoch log, the two-stage Ctrl-C handler, and the calibration
 that times the training step for --time-budget (time_budget.plan plans from it).
 """
 from __future__ import annotations
@@ -18,7 +18,8 @@ from vitcifar.config.settings import RunOptions, TrainConfig
 from vitcifar.data import input_pipeline
 from vitcifar.runs import checkpoint, run_dir, time_budget
 from vitcifar.runs.checkpoint import RunState
-from vitcifar.runs.time_budget import CALIBRATION_STEPS, CALIBRATION_WARMUP_STEPS
+from vitcifar.runs.time_budget import (CALIBRATION_STEPS, CALIBRATION_WARMUP_STEPS,
+                                       REPLAN_EVERY, REPLAN_MIN_STEPS)
 from vitcifar.training import optimization
 from vitcifar.training.wall_clock import WallClock
 
@@ -165,6 +166,59 @@ class Bookkeeper(keras.callbacks.Callback):
         run_dir.write_history(self.path(run_dir.HISTORY), self.state.history)
 
 
+class BudgetKeeper(keras.callbacks.Callback):
+    """--time-budget while training: after every REPLAN_EVERY of the planned steps (at least
+    REPLAN_MIN_STEPS), re-plans the steps left (time_budget.replan) from the mean step time
+    since the last re-plan and, once an epoch has ended, the gap its validation and saves
+    left between two steps; the command's clock says what is spent. Updates the run state's
+    plan (the Bookkeeper, after this callback, stops by it; the checkpoint keeps it) and the
+    cosine schedule's total steps (their rate moves a little where the total moves). `now`:
+    the clock, a test's own."""
+
+    def __init__(self, state: RunState, clock: WallClock, schedule, batch_size: int,
+                 steps_per_epoch: int, steps_per_execution: int, max_epochs: int,
+                 now=time.perf_counter):
+        super().__init__()
+        self.state, self.clock, self.schedule, self.now = state, clock, schedule, now
+        self.batch_size, self.steps_per_epoch = batch_size, steps_per_epoch
+        self.per_call, self.max_epochs = steps_per_execution, max_epochs
+        self.every = max(REPLAN_MIN_STEPS, round(REPLAN_EVERY * state.plan.steps))
+        self.epoch_end_seconds = state.plan.epoch_end_seconds
+        self.since = None             # (global step, time) the rate is measured from
+        self.last_end = None          # (global step, time) of the latest step's end
+
+    def on_train_batch_end(self, batch, logs=None):
+        now, step = self.now(), self.state.epochs_done * self.steps_per_epoch + batch + 1
+        if self.last_end is not None and batch + 1 <= self.per_call:   # an epoch's first call
+            step_seconds = self.rate_since(self.since) if self.since else None
+            if step_seconds is not None:     # the gap: validation, saves, a new iterator
+                self.epoch_end_seconds = max(0.0, now - self.last_end[1]
+                                             - (batch + 1) * step_seconds)
+            self.since = (step, now)     # the rate from here: steps inside this epoch only
+        elif self.since is None:
+            self.since = (step, now)
+        elif step - self.since[0] >= self.every:
+            self.replan(step, now, batch + 1)
+            self.since = (step, now)
+        self.last_end = (step, now)
+
+    def rate_since(self, since) -> "float | None":
+        """Seconds per step from `since` to the latest step's end."""
+        steps = self.last_end[0] - since[0]
+        return (self.last_end[1] - since[1]) / steps if steps > 0 else None
+
+    def replan(self, step: int, now: float, steps_into_epoch: int) -> None:
+        step_seconds = (now - self.since[1]) / (step - self.since[0])
+        plan = time_budget.replan(
+            self.state.plan, now - self.clock.started, self.state.epochs_done, steps_into_epoch,
+            self.batch_size / step_seconds, self.epoch_end_seconds, self.batch_size,
+            self.steps_per_epoch, self.per_call, self.max_epochs)
+        self.state.plan = plan
+        self.state.schedule_steps = [plan.steps, plan.warmup_steps]
+        if self.schedule is not None:
+            self.schedule.set_steps(plan.steps, plan.warmup_steps)
+
+
 class EpochLog:
     """TensorBoard scalars of each epoch, from the Bookkeeper's history row: train/ gets
     loss, top1, top5 and learning_rate (as history.csv: the rate at the end of the epoch's
@@ -232,6 +286,20 @@ class StepTimer(keras.callbacks.Callback):
         self.at[batch] = time.perf_counter()
 
 
+def evaluation_cost(model, val, val_images: int, batch_size: int) -> "tuple[float, float]":
+    """(images/s, seconds per evaluate call) of the traced test step: one batch and then
+    five timed, as a line: each call's own cost (its iterator, callbacks: about as long as a
+    batch on a 2-core CPU) would halve a rate timed from one short call."""
+    seconds = []
+    for batches in (1, 5):
+        began = time.perf_counter()
+        model.evaluate(val.take(batches), verbose=0)
+        seconds.append(time.perf_counter() - began)
+    images = min(val_images, 5 * batch_size) - min(val_images, batch_size)
+    per_image = max(seconds[1] - seconds[0], 1e-6) / max(images, 1)
+    return 1.0 / per_image, max(0.0, seconds[0] - min(val_images, batch_size) * per_image)
+
+
 def calibrate(model, config: TrainConfig, options: RunOptions, train_data, augment, val,
               val_images: int, test_images: int, clock: WallClock) -> time_budget.Plan:
     """--time-budget: times the compiled model's real training step on the real pipeline
@@ -260,9 +328,7 @@ def calibrate(model, config: TrainConfig, options: RunOptions, train_data, augme
     # the timed steps' batches are full ones unless an epoch ends among them
     train_rate = config.batch_size * timed / (timer.at[warmup + timed - 1] - timer.at[warmup - 1])
     model.evaluate(val.take(1), verbose=0)                              # traces the step
-    eval_started = time.perf_counter()
-    model.evaluate(val.take(3), verbose=0)
-    eval_rate = min(val_images, 3 * config.batch_size) / (time.perf_counter() - eval_started)
+    eval_rate, eval_call = evaluation_cost(model, val, val_images, config.batch_size)
 
     with tempfile.TemporaryDirectory() as scratch:  # what every epoch's end writes, timed
         for _ in range(2):                           # the second time: imports are done
@@ -277,9 +343,9 @@ def calibrate(model, config: TrainConfig, options: RunOptions, train_data, augme
         variable.assign(value)
     plan = time_budget.plan(
         config.time_budget, time.perf_counter() - started, train_rate, eval_rate,
-        val_images / eval_rate + saving, config.batch_size, steps, per_call,
+        eval_call + val_images / eval_rate + saving, config.batch_size, steps, per_call,
         config.warmup_epochs / config.epochs, spent_seconds=clock.elapsed(),
-        closing_seconds=test_images / eval_rate + time_budget.FIGURES_SECONDS)
+        closing_seconds=eval_call + test_images / eval_rate + time_budget.FIGURES_SECONDS)
     print(f"Time budget {config.time_budget:g} min: {train_rate:,.0f} training images/s "
           f"measured over {timed} steps, so {plan.steps:,} steps ({plan.steps / steps:.2f} "
           f"epochs, the first {plan.warmup_steps:,} warming up), about "

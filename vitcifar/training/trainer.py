@@ -188,15 +188,22 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
                                      fit_loop.epoch_log(options, options.output_dir), clock)
     bookkeeper.any_worker = lambda flag: distribution.any_worker(cluster, flag)
     x_train, y_train = train_split
+    steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
     train_data = training_data(cluster, config, built.augment, x_train, y_train,
                                state.epochs_done)
+    callbacks = [bookkeeper]
+    # --time-budget: a fresh run re-plans as it goes (a resumed one keeps its plan: this
+    # process's clock did not see the budget's start)
+    if state.plan is not None and state.epochs_done == 0:
+        callbacks.insert(0, fit_loop.BudgetKeeper(state, clock, built.schedule,
+                                                  config.batch_size, steps,
+                                                  options.steps_per_execution, config.epochs))
     try:
         with fit_loop.two_stage_interrupt(bookkeeper):
             built.model.fit(train_data, initial_epoch=state.epochs_done, epochs=config.epochs,
-                            steps_per_epoch=input_pipeline.steps_per_epoch(len(x_train),
-                                                                           config.batch_size),
+                            steps_per_epoch=steps,
                             validation_data=built.validation, shuffle=False,
-                            callbacks=[bookkeeper],
+                            callbacks=callbacks,
                             verbose=1 if sys.stdout.isatty() else 2)
     except KeyboardInterrupt:
         stopped = ending.interrupted(config, options, state, cluster)
