@@ -13,7 +13,7 @@ A calibration of a few steps can be far off: measured while another process load
 machine, or before the input pipeline's cache is filled, it was 25% slow or fast on a 2-core
 CPU. So training re-plans (`replan`, every REPLAN_EVERY of the planned steps) from the rate
 of its own latest steps and the command's clock: the last epoch grows or shrinks, up to the
-epochs model.fit was started with. No TensorFlow here.
+epochs model.fit was started with (one more than the calibration planned). No TensorFlow here.
 """
 from __future__ import annotations
 

@@ -189,18 +189,20 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
     bookkeeper.any_worker = lambda flag: distribution.any_worker(cluster, flag)
     x_train, y_train = train_split
     steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
-    train_data = training_data(cluster, config, built.augment, x_train, y_train,
-                               state.epochs_done)
-    callbacks = [bookkeeper]
-    # --time-budget: a fresh run re-plans as it goes (a resumed one keeps its plan: this
-    # process's clock did not see the budget's start)
+    callbacks, fit_epochs = [bookkeeper], config.epochs
+    # --time-budget: a fresh run re-plans as it goes, and may find time for one epoch more
+    # than calibrated (the Bookkeeper stops by the plan). A resumed one keeps its plan: this
+    # process's clock did not see the budget's start.
     if state.plan is not None and state.epochs_done == 0:
+        fit_epochs += 1
         callbacks.insert(0, fit_loop.BudgetKeeper(state, clock, built.schedule,
                                                   config.batch_size, steps,
-                                                  options.steps_per_execution, config.epochs))
+                                                  options.steps_per_execution, fit_epochs))
+    train_data = training_data(cluster, config, built.augment, x_train, y_train,
+                               state.epochs_done, fit_epochs)
     try:
         with fit_loop.two_stage_interrupt(bookkeeper):
-            built.model.fit(train_data, initial_epoch=state.epochs_done, epochs=config.epochs,
+            built.model.fit(train_data, initial_epoch=state.epochs_done, epochs=fit_epochs,
                             steps_per_epoch=steps,
                             validation_data=built.validation, shuffle=False,
                             callbacks=callbacks,
@@ -214,7 +216,8 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
     else:
         stopped = (ending.diverged(config, state, *bookkeeper.nan_at) if bookkeeper.nan_at
                    else ending.interrupted(config, options, state, cluster)
-                   if bookkeeper.stop_requested and state.epochs_done < config.epochs
+                   if bookkeeper.stop_requested and state.epochs_done < (
+                       state.plan.epochs if state.plan else config.epochs)
                    else None)
     if stopped is not None:
         if cluster.chief:
@@ -224,18 +227,19 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
 
 
 def training_data(plan: "distribution.Plan", config: TrainConfig, augment, x_train, y_train,
-                  first_epoch: int):
-    """The training batches for model.fit: input_pipeline.train_dataset on one replica; on
+                  first_epoch: int, last_epoch: int):
+    """The training batches of epochs first_epoch .. last_epoch - 1 for model.fit:
+    input_pipeline.train_dataset on one replica; on
     several, each worker's pipeline makes its own replicas' shares of every global batch
     (input_pipeline.replica_train_dataset), so no image is read twice per epoch."""
     if plan.replicas == 1:
         return input_pipeline.train_dataset(x_train, y_train, config.batch_size, augment,
-                                            config.seed, first_epoch, config.epochs)
+                                            config.seed, first_epoch, last_epoch)
 
     def pipeline(context):        # tf.distribute.InputContext: one pipeline per worker
         local = plan.replicas // context.num_input_pipelines
         return input_pipeline.replica_train_dataset(
             x_train, y_train, config.batch_size, augment, config.seed, first_epoch,
-            config.epochs, plan.replicas, context.input_pipeline_id * local, local)
+            last_epoch, plan.replicas, context.input_pipeline_id * local, local)
 
     return plan.strategy.distribute_datasets_from_function(pipeline)
