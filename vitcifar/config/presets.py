@@ -24,6 +24,8 @@ here; figures in benchmarks/README.md)::
   2-core x86_64 CPU, the Fashion-MNIST proxy: no CIFAR figure). The sample preset, given the
   same 3 minutes, reached 63.1% there (one run). With --mixed-precision auto (bfloat16
   here) on a slower day: 86.3% and 86.7% (medians of 2 seeds each; float32 that day 85.3%).
+  On a 2-core AMD EPYC with AVX2 only (float32, about a third of that CPU's images/s, so
+  about one epoch in the budget): 83.7% (83.4-84.0%), whole commands of 176-183 s.
 
   --time-budget 3: the run times its first steps and fits as many steps as end within 3
   minutes (the last epoch cut short), warming up over 6% of them, then cosine decay to the
