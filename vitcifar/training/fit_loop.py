@@ -1,6 +1,7 @@
 """model.fit and what runs around it: the Bookkeeper callback (the run's bookkeeping at every
-epoch's end), the BudgetKeeper (--time-budget's re-plans while training), the TensorBoard epoch log, the two-stage Ctrl-C handler, and the calibration
-that times the training step for --time-budget (time_budget.plan plans from it).
+epoch's end), the BudgetKeeper (--time-budget's re-plans while training), the TensorBoard
+epoch log, the two-stage Ctrl-C handler, and the calibration that times the training step
+for --time-budget (time_budget.plan plans from it).
 """
 from __future__ import annotations
 
@@ -189,34 +190,33 @@ class BudgetKeeper(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         now, step = self.now(), self.state.epochs_done * self.steps_per_epoch + batch + 1
-        if self.last_end is not None and batch + 1 <= self.per_call:   # an epoch's first call
-            step_seconds = self.rate_since(self.since) if self.since else None
-            if step_seconds is not None:     # the gap: validation, saves, a new iterator
-                self.epoch_end_seconds = max(0.0, now - self.last_end[1]
-                                             - (batch + 1) * step_seconds)
-            self.since = (step, now)     # the rate from here: steps inside this epoch only
+        previous, self.last_end = self.last_end, (step, now)
+        if previous is not None and batch + 1 <= self.per_call:      # an epoch's first call
+            if self.since is not None and previous[0] > self.since[0]:
+                # the gap between the epochs' steps: validation, saves, a new iterator
+                self.epoch_end_seconds = max(0.0, now - previous[1] - (batch + 1)
+                                             * seconds_per_step(self.since, previous))
+            self.since = self.last_end   # the rate from here: steps inside this epoch only
         elif self.since is None:
-            self.since = (step, now)
+            self.since = self.last_end
         elif step - self.since[0] >= self.every:
-            self.replan(step, now, batch + 1)
-            self.since = (step, now)
-        self.last_end = (step, now)
+            self.replan(seconds_per_step(self.since, self.last_end), batch + 1)
+            self.since = self.last_end
 
-    def rate_since(self, since) -> "float | None":
-        """Seconds per step from `since` to the latest step's end."""
-        steps = self.last_end[0] - since[0]
-        return (self.last_end[1] - since[1]) / steps if steps > 0 else None
-
-    def replan(self, step: int, now: float, steps_into_epoch: int) -> None:
-        step_seconds = (now - self.since[1]) / (step - self.since[0])
+    def replan(self, step_seconds: float, steps_into_epoch: int) -> None:
         plan = time_budget.replan(
-            self.state.plan, now - self.clock.started, self.state.epochs_done, steps_into_epoch,
-            self.batch_size / step_seconds, self.epoch_end_seconds, self.batch_size,
-            self.steps_per_epoch, self.per_call, self.max_epochs)
+            self.state.plan, self.last_end[1] - self.clock.started, self.state.epochs_done,
+            steps_into_epoch, self.batch_size / step_seconds, self.epoch_end_seconds,
+            self.batch_size, self.steps_per_epoch, self.per_call, self.max_epochs)
         self.state.plan = plan
         self.state.schedule_steps = [plan.steps, plan.warmup_steps]
         if self.schedule is not None:
             self.schedule.set_steps(plan.steps, plan.warmup_steps)
+
+
+def seconds_per_step(since: tuple, until: tuple) -> float:
+    """The mean step time between two (global step, time) marks, `until` the later."""
+    return (until[1] - since[1]) / (until[0] - since[0])
 
 
 class EpochLog:
