@@ -52,6 +52,7 @@ def test_flags_override_the_preset_and_cover_every_field():
     (["--randaugment-magnitude", "31"], "--randaugment-magnitude must be 0 to 30"),
     (["--erasing-prob", "1.5"], "--erasing-prob must be 0 to 1"),
     (["--mixup-alpha", "-0.1"], r"--mixup-alpha must be 0 \(off\) or more"),
+    (["--validation-images", "-1"], "--validation-images must be 0 or more, got -1"),
 ])
 def test_bad_flags_get_one_line_and_exit_code_2(args, message):
     with pytest.raises(UsageError, match=message):

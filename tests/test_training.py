@@ -441,6 +441,31 @@ def test_a_time_budget_plans_the_epochs_and_a_resumed_run_keeps_the_plan(tmp_pat
 
 
 @pytest.mark.slow
+def test_validation_images_validates_on_the_first_images_of_the_held_out_split(tmp_path,
+                                                                               cifar10_tar):
+    config = override(PRESETS["tiny"], epochs=1, batch_size=32, validation_images=7)
+    options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False,
+                         mixed_precision="off")
+    data = cifar.load("cifar10", cifar10_tar)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        results = trainer.run(config, options, data, devices.detect())
+    assert "30 validation (each epoch validates the first 7)" in printed.getvalue()
+    _, (x_val, y_val) = cifar.split_validation(data.x_train, data.y_train,
+                                               config.validation_fraction, config.seed)
+    model = build_model(config)
+    checkpoint.load_weights(model, os.path.join(options.output_dir, run_dir.BEST_WEIGHTS))
+    compiled.compile_model(model, config)
+    first = compiled.evaluate_test(model, config, x_val[:7], y_val[:7], 32)
+    row = history(options.output_dir)[0]
+    assert float(row["val_loss"]) == pytest.approx(first["test_loss"], rel=1e-4)
+    assert results["best_val_top1"] == pytest.approx(first["test_top1"])
+    # the whole test set is still evaluated
+    assert results["test_top1"] == pytest.approx(
+        compiled.evaluate_test(model, config, data.x_test, data.y_test, 32)["test_top1"])
+
+
+@pytest.mark.slow
 def test_a_cifar100_run_trains_end_to_end(tmp_path, cifar100_files):
     archive = archives.write_tar(str(tmp_path / "c100.tar.gz"), cifar100_files[0])
     out = tmp_path / "run"

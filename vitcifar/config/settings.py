@@ -156,6 +156,10 @@ class TrainConfig:
     validation_fraction: float = field(default=0.15, metadata=_flag(
         "fraction of the training set held out for validation (the sample's 0.15 leaves "
         "42,500 CIFAR training images)"))
+    validation_images: int = field(default=0, metadata=_flag(
+        "validate each epoch on the first N images of the held-out split, a random subset "
+        "(0: all of it); the rest stay held out, and the test set is always evaluated whole",
+        optional=True))
     # --- model: SxS image (S = image_size) -> ((S-patch)/stride+1)^2 patches ---------------
     patch_size: int = field(default=4, metadata=_flag("patch side in pixels"))
     patch_stride: int = field(default=4, metadata=_flag(
@@ -304,8 +308,10 @@ class TrainConfig:
             if not 0 < getattr(self, name) < 1:
                 raise UsageError(f"{flag_name(name)} must be between 0 and 1, "
                                  f"got {getattr(self, name)}")
-        if self.early_stopping < 0:
-            raise UsageError(f"--early-stopping must be 0 or more, got {self.early_stopping}")
+        for name in ("early_stopping", "validation_images"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"{flag_name(name)} must be 0 or more, got "
+                                 f"{getattr(self, name)}")
 
     def _check_model_and_rule(self) -> None:
         """The patch grid tiles the image, heads divide the width; the rule's own fields."""

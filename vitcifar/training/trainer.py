@@ -89,6 +89,9 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     (x_train, y_train), (x_val, y_val) = cifar.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
+    held_out = len(x_val)
+    if config.validation_images:      # the split is shuffled: its first N, a random subset
+        x_val, y_val = x_val[:config.validation_images], y_val[:config.validation_images]
     if not config.time_budget:     # --epochs known: regularisation "auto" chooses now
         config = regularised(config, config.epochs, len(x_train))
     chosen_precision = precision.set_policy(options.mixed_precision, device, config,
@@ -110,7 +113,9 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         if init is not None:
             print(init_from.describe_ignored(init.path))
     else:
-        print(f"Data: {len(x_train):,} training, {len(x_val):,} validation, "
+        validated = (f" (each epoch validates the first {len(x_val):,})"
+                     if len(x_val) < held_out else "")
+        print(f"Data: {len(x_train):,} training, {held_out:,} validation{validated}, "
               f"{len(data.x_test):,} test images; run directory {options.output_dir}")
         config, built, state = start(config, options, device, cluster, built, steps,
                                      (x_train, y_train), (x_val, y_val), clock,
