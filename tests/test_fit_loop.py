@@ -117,3 +117,30 @@ def test_the_gap_between_epochs_counts_as_each_epochs_end():
     # re-planned at step 71 (90 s in) at 1 s a step: 114 - 90 = 24 s = 19 steps + 5 s for
     # this epoch's end, no time for another epoch's
     assert state.plan.steps == 71 + 19 and state.plan.epochs == 2
+
+
+def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(capsys):
+    keeper, state, _, now = budget_keeper()      # 100 steps: 60, then 40 of epoch 2
+    bar = fit_loop.PlanProgressBar(state, 60)
+    bar.set_params({"verbose": 2, "epochs": 3, "steps": 60})    # fit: room for a third
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    assert "Epoch 1/2" in capsys.readouterr().out and bar.target == 60
+    now.t = 14.0
+    for batch in range(60):
+        now.t += 1.0
+        keeper.on_train_batch_end(batch)
+        bar.on_train_batch_end(batch, {"loss": 1.0})
+    bar.on_epoch_end(0, {"loss": 1.0})
+    assert "60/60" in capsys.readouterr().out
+    state.epochs_done = 1
+    bar.on_epoch_begin(1)
+    assert "Epoch 2/2" in capsys.readouterr().out and bar.target == 40
+    for batch in range(12):                      # 2 s a step now: the plan shrinks
+        now.t += 2.0
+        keeper.on_train_batch_end(batch)
+        bar.on_train_batch_end(batch, {"loss": 1.0})
+    last = state.plan.last_epoch_steps
+    assert state.plan.epochs == 2 and last < 40 and bar.progbar.target == last
+    bar.on_epoch_end(1, {"loss": 1.0})
+    assert f"{last}/{last}" in capsys.readouterr().out

@@ -1,7 +1,7 @@
 """model.fit and what runs around it: the Bookkeeper callback (the run's bookkeeping at every
-epoch's end), the BudgetKeeper (--time-budget's re-plans while training), the TensorBoard
-epoch log, the two-stage Ctrl-C handler, and the calibration that times the training step
-for --time-budget (time_budget.plan plans from it).
+epoch's end), the BudgetKeeper (--time-budget's re-plans while training) and its progress
+bar, the TensorBoard epoch log, the two-stage Ctrl-C handler, and the calibration that
+times the training step for --time-budget (time_budget.plan plans from it).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 from contextlib import contextmanager
 from typing import Optional
 
-from vitcifar.backend.keras_compat import keras, to_numpy
+from vitcifar.backend.keras_compat import KERAS_3, keras, to_numpy
 from vitcifar.config.settings import RunOptions, TrainConfig
 from vitcifar.data import input_pipeline
 from vitcifar.runs import checkpoint, run_dir, time_budget
@@ -212,6 +212,34 @@ class BudgetKeeper(keras.callbacks.Callback):
         self.state.schedule_steps = [plan.steps, plan.warmup_steps]
         if self.schedule is not None:
             self.schedule.set_steps(plan.steps, plan.warmup_steps)
+
+
+class PlanProgressBar(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, counting by --time-budget's current plan: "Epoch 2/2" for a run
+    planned to two epochs (model.fit has room for one more, which a re-plan may take), and
+    the cut-short last epoch's steps as its bar's end ("160/160", not the whole epoch's
+    "399/399"). model.fit takes it in place of its own bar."""
+
+    def __init__(self, state: RunState, steps_per_epoch: int):
+        super().__init__(*(() if KERAS_3 else ("steps",)))   # Keras 2's default: samples
+        self.state, self.steps_per_epoch = state, steps_per_epoch
+
+    def planned_steps(self, epoch: int) -> int:
+        """Steps of 0-based `epoch` by the current plan."""
+        plan = self.state.plan
+        return plan.last_epoch_steps if epoch + 1 == plan.epochs else self.steps_per_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs, self.target = self.state.plan.epochs, self.planned_steps(epoch)
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):    # a re-plan moves the epoch's end
+        self.target = self.progbar.target = self.planned_steps(self.state.epochs_done)
+        super().on_train_batch_end(batch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.target = self.progbar.target = self.planned_steps(epoch)
+        super().on_epoch_end(epoch, logs)
 
 
 def seconds_per_step(since: tuple, until: tuple) -> float:

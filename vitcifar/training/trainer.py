@@ -203,6 +203,8 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
         callbacks.insert(0, fit_loop.BudgetKeeper(state, clock, built.schedule,
                                                   config.batch_size, steps,
                                                   options.steps_per_execution, fit_epochs))
+    if state.plan is not None:       # the bar counts the plan's epochs and last steps
+        callbacks.append(fit_loop.PlanProgressBar(state, steps))
     train_data = training_data(cluster, config, built.augment, x_train, y_train,
                                state.epochs_done, fit_epochs)
     try:
