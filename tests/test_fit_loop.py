@@ -144,3 +144,21 @@ def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(caps
     assert state.plan.epochs == 2 and last < 40 and bar.progbar.target == last
     bar.on_epoch_end(1, {"loss": 1.0})
     assert f"{last}/{last}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("verbose", [1, 2])      # 1: the terminal's bar, updated every step
+def test_a_one_epoch_plan_names_its_epoch_and_ends_its_bar_at_the_plans_steps(capsys,
+                                                                               verbose):
+    keeper, state, _, now = budget_keeper(steps_per_epoch=200)   # 100 steps: one epoch
+    bar = fit_loop.PlanProgressBar(state, 200)
+    bar.set_params({"verbose": verbose, "epochs": 2, "steps": 200})
+    bar.on_train_begin()
+    bar.on_epoch_begin(0)
+    assert "Epoch 1/1" in capsys.readouterr().out and bar.target == 100
+    now.t = 14.0
+    for batch in range(100):
+        now.t += 1.0
+        keeper.on_train_batch_end(batch)
+        bar.on_train_batch_end(batch, {"loss": 1.0})
+    bar.on_epoch_end(0, {"loss": 1.0})
+    assert state.plan.steps == 100 and "100/100" in capsys.readouterr().out

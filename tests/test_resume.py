@@ -75,3 +75,19 @@ def test_data_that_moved_and_a_config_json_of_another_version_are_one_line(saved
     json.dump(values, open(os.path.join(folder, "config.json"), "w"))
     with pytest.raises(UsageError, match="config.json has unknown keys warp"):
         resume.resume_settings("cifar10", folder, {"data_dir": "elsewhere"})
+
+
+def test_a_fast_run_saved_before_validation_images_resumes_with_the_command_that_started_it(
+        tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    saved = override(PRESETS["fast"], validation_images=0)       # what such runs did
+    values = to_json(saved, RunOptions(output_dir=str(folder)))
+    del values["experiment"]["validation_images"]                # written before the field
+    (folder / "config.json").write_text(json.dumps(values))
+    resumed, _ = resume.resume_settings("cifar10", str(folder), {}, "fast")
+    assert resumed.validation_images == 0 and PRESETS["fast"].validation_images == 3000
+    # given as a flag, it applies to the rest of the run
+    resumed, _ = resume.resume_settings("cifar10", str(folder), {"validation_images": 500},
+                                        "fast")
+    assert resumed.validation_images == 500

@@ -3,7 +3,8 @@
 A run has two parts, kept apart so that resuming compares only what decides the result:
   TrainConfig   the experiment: data split, model, optimisation, augmentation (one nested
                 `Augmentation`), seed. Changing any of it makes a different run, except the
-                few fields marked resumable (epochs, learning rate, patience, early stopping).
+                few fields marked resumable (epochs, learning rate, patience, early stopping,
+                validation images).
   RunOptions    how this machine runs it: paths, GPUs, distribution strategy, XLA,
                 precision, steps per execution, TensorBoard. Any of it may change when a
                 run is resumed.
@@ -158,7 +159,8 @@ class TrainConfig:
         "42,500 CIFAR training images)"))
     validation_images: int = field(default=0, metadata=_flag(
         "validate each epoch on the first N images of the held-out split, a random subset "
-        "(0: all of it); the rest stay held out, and the test set is always evaluated whole",
+        "(0: all of it); the rest stay held out, and the test set is always evaluated whole; "
+        "a new value given when resuming applies from the next epoch", resumable=True,
         optional=True))
     # --- model: SxS image (S = image_size) -> ((S-patch)/stride+1)^2 patches ---------------
     patch_size: int = field(default=4, metadata=_flag("patch side in pixels"))

@@ -34,10 +34,11 @@ def resume_settings(dataset: str, output_dir: Optional[str], given: Dict[str, ob
     """The settings to go on with the run in `output_dir`: its config.json with the flags
     `given` (flat, as flags.given_settings returns) on top; None when the folder holds no
     config.json (a new run). The flags may change the resumable experiment settings
-    (epochs, learning rate, patience, early stopping) and any run option; UsageError lists
-    every other difference at once. `preset`, when given, is checked the same way (the run
-    must be that preset, apart from the flags and the resumable settings) and changes
-    nothing, so the command that started the run resumes it too."""
+    (epochs, learning rate, patience, early stopping, validation images) and any run
+    option; UsageError lists every other difference at once. `preset`, when given, is
+    checked the same way (the run must be that preset, apart from the flags and the
+    resumable settings) and changes nothing, so the command that started the run resumes
+    it too."""
     if not output_dir or not os.path.isfile(os.path.join(output_dir, CONFIG)):
         return None
     saved, saved_options = read_config(output_dir)

@@ -232,6 +232,8 @@ class PlanProgressBar(keras.callbacks.ProgbarLogger):
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs, self.target = self.state.plan.epochs, self.planned_steps(epoch)
         super().on_epoch_begin(epoch, logs)
+        if self.verbose and self.epochs == 1:    # Keras names no single epoch; a re-plan
+            print(f"Epoch {epoch + 1}/1")       # may add a second
 
     def on_train_batch_end(self, batch, logs=None):    # a re-plan moves the epoch's end
         self.target = self.progbar.target = self.planned_steps(self.state.epochs_done)
