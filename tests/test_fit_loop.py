@@ -90,10 +90,14 @@ def budget_keeper(plan_steps=100, steps_per_epoch=60):
     return keeper, state, schedule, now
 
 
-def run_steps(keeper, now, first_batch, count, seconds_each):
+def run_steps(keeper, now, first_batch, count, seconds_each, bar=None):
+    """`count` steps of `seconds_each` on the fake clock, each ending at the keeper and then
+    at the progress bar, if any (model.fit's order)."""
     for batch in range(first_batch, first_batch + count):
         now.t += seconds_each
         keeper.on_train_batch_end(batch)
+        if bar is not None:
+            bar.on_train_batch_end(batch, {"loss": 1.0})
 
 
 def test_steps_slower_than_calibrated_shrink_the_plan_and_the_schedule_with_it():
@@ -127,19 +131,13 @@ def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(caps
     bar.on_epoch_begin(0)
     assert "Epoch 1/2" in capsys.readouterr().out and bar.target == 60
     now.t = 14.0
-    for batch in range(60):
-        now.t += 1.0
-        keeper.on_train_batch_end(batch)
-        bar.on_train_batch_end(batch, {"loss": 1.0})
+    run_steps(keeper, now, 0, 60, 1.0, bar)
     bar.on_epoch_end(0, {"loss": 1.0})
     assert "60/60" in capsys.readouterr().out
     state.epochs_done = 1
     bar.on_epoch_begin(1)
     assert "Epoch 2/2" in capsys.readouterr().out and bar.target == 40
-    for batch in range(12):                      # 2 s a step now: the plan shrinks
-        now.t += 2.0
-        keeper.on_train_batch_end(batch)
-        bar.on_train_batch_end(batch, {"loss": 1.0})
+    run_steps(keeper, now, 0, 12, 2.0, bar)      # 2 s a step now: the plan shrinks
     last = state.plan.last_epoch_steps
     assert state.plan.epochs == 2 and last < 40 and bar.progbar.target == last
     bar.on_epoch_end(1, {"loss": 1.0})
@@ -156,9 +154,6 @@ def test_a_one_epoch_plan_names_its_epoch_and_ends_its_bar_at_the_plans_steps(ca
     bar.on_epoch_begin(0)
     assert "Epoch 1/1" in capsys.readouterr().out and bar.target == 100
     now.t = 14.0
-    for batch in range(100):
-        now.t += 1.0
-        keeper.on_train_batch_end(batch)
-        bar.on_train_batch_end(batch, {"loss": 1.0})
+    run_steps(keeper, now, 0, 100, 1.0, bar)
     bar.on_epoch_end(0, {"loss": 1.0})
     assert state.plan.steps == 100 and "100/100" in capsys.readouterr().out
