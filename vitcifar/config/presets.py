@@ -25,7 +25,8 @@ here; figures in benchmarks/README.md)::
   same 3 minutes, reached 63.1% there (one run). With --mixed-precision auto (bfloat16
   here) on a slower day: 86.3% and 86.7% (medians of 2 seeds each; float32 that day 85.3%).
   On a 2-core AMD EPYC with AVX2 only (float32, about a third of that CPU's images/s, so
-  about one epoch in the budget): 83.7% (83.4-84.0%), whole commands of 176-183 s.
+  about one epoch in the budget): 83.8% (83.5-84.1%), whole commands of 176-177 s (commit
+  c1fa7f2).
 
   --time-budget 3: the run times its first steps and fits as many steps as end within 3
   minutes (the last epoch cut short), warming up over 6% of them, then cosine decay to the
@@ -35,8 +36,8 @@ here; figures in benchmarks/README.md)::
   stronger augmentation costs more than it brings), and regularisation "auto": mixing from
   10 epochs on, growing with the epochs (regularisation_rule). Each epoch validates on 3,000
   held-out images (of CIFAR's 7,500; a top-1 near 85% to about +-0.7%), so the budget's
-  seconds go to training: on the EPYC, 2 seeds each, 84.0% (83.95-84.07%) against 83.8%
-  (83.71-83.83%) validating all 9,000, validation 6-7 s of the command against 9-14 s.
+  seconds go to training: on the EPYC, validation 6-7 s of the command against 9-14 s, and
+  84.0% (83.5-84.1%, 4 runs) against 83.8% (83.4-84.0%, 4 runs) validating all 9,000.
   16 tokens cap its CIFAR accuracy well below the 4x4-patch recipes': it is for a good model
   soon, not the best one.
 
