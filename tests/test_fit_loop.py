@@ -123,11 +123,18 @@ def test_the_gap_between_epochs_counts_as_each_epochs_end():
     assert state.plan.steps == 71 + 19 and state.plan.epochs == 2
 
 
+def started_bar(state, steps_per_epoch, verbose=2):
+    """A PlanProgressBar as model.fit starts it: with room for one epoch past the plan."""
+    bar = fit_loop.PlanProgressBar(state, steps_per_epoch)
+    bar.set_params({"verbose": verbose, "epochs": state.plan.epochs + 1,
+                    "steps": steps_per_epoch})
+    bar.on_train_begin()
+    return bar
+
+
 def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(capsys):
     keeper, state, _, now = budget_keeper()      # 100 steps: 60, then 40 of epoch 2
-    bar = fit_loop.PlanProgressBar(state, 60)
-    bar.set_params({"verbose": 2, "epochs": 3, "steps": 60})    # fit: room for a third
-    bar.on_train_begin()
+    bar = started_bar(state, 60)                 # fit's 3 epochs: room for a third
     bar.on_epoch_begin(0)
     assert "Epoch 1/2" in capsys.readouterr().out and bar.target == 60
     now.t = 14.0
@@ -148,9 +155,7 @@ def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(caps
 def test_a_one_epoch_plan_names_its_epoch_and_ends_its_bar_at_the_plans_steps(capsys,
                                                                                verbose):
     keeper, state, _, now = budget_keeper(steps_per_epoch=200)   # 100 steps: one epoch
-    bar = fit_loop.PlanProgressBar(state, 200)
-    bar.set_params({"verbose": verbose, "epochs": 2, "steps": 200})
-    bar.on_train_begin()
+    bar = started_bar(state, 200, verbose)
     bar.on_epoch_begin(0)
     assert "Epoch 1/1" in capsys.readouterr().out and bar.target == 100
     now.t = 14.0
