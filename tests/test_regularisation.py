@@ -56,6 +56,19 @@ def test_no_setting_weakens_as_the_epochs_grow(images, patch):
     assert regularisation_strength(399, images) >= regularisation_strength(1, images)
 
 
+def test_a_budget_run_keeps_its_calibrated_model_unless_the_choice_changes_model_or_labels():
+    from vitcifar.training.trainer import keeps_model
+    for epochs in (1, 2, 4):       # fast on a CPU: only RandAugment's unused magnitude moves
+        chosen = regularised(FAST, epochs, 51_000)
+        assert chosen != FAST and keeps_model(FAST, chosen)
+    mixing = regularised(FAST, 300, 42_500)    # a new augmentation; labels already one-hot
+    assert mixing.augmentation.mixes and keeps_model(FAST, mixing)
+    hard = override(PRESETS["tiny"], regularisation="auto")   # label smoothing 0 -> 0.1
+    assert not keeps_model(hard, regularised(hard, 3, 1_700))
+    small = override(PRESETS["vit_lite"], regularisation="auto", drop_path=0.0)
+    assert small.patch_size <= 4 and not keeps_model(small, regularised(small, 300, 42_500))
+
+
 def test_fast_uses_the_rule_sample_never_and_off_changes_nothing():
     assert FAST.regularisation == "auto"
     assert PRESETS["sample"].regularisation == "off"
@@ -139,7 +152,11 @@ def test_training_applies_the_rule_once_records_it_and_keeps_it_on_resume(tmp_pa
 
 
 @pytest.mark.slow
-def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar):
+@pytest.mark.parametrize("label_smoothing, builds", [(0.0, 2), (0.1, 1)])
+def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar, monkeypatch,
+                                                          label_smoothing, builds):
+    """tiny's label smoothing 0 becomes the rule's 0.1 (one-hot labels: a new model after the
+    calibration); given 0.1, only the augmentation changes, and the calibrated model trains."""
     import contextlib
     import io
 
@@ -148,16 +165,24 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar)
     from vitcifar.runs.run_dir import read_config
     from vitcifar.training import trainer
     config = override(PRESETS["tiny"], batch_size=32, epochs=50, lr_schedule="cosine",
-                      warmup_epochs=5, time_budget=0.25, regularisation="auto")
+                      warmup_epochs=5, time_budget=0.25, regularisation="auto",
+                      label_smoothing=label_smoothing)
     options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
     data = cifar.load("cifar10", cifar10_tar)
+    real_build, built = trainer.build, []
+
+    def counted_build(*args):
+        built.append(args[0])
+        return real_build(*args)
+    monkeypatch.setattr(trainer, "build", counted_build)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         results = trainer.run(config, options, data, devices.detect())
+    assert len(built) == builds
     planned = results["time_budget_plan"]["epochs"]
     assert f"Regularisation auto, for {planned} epochs" in printed.getvalue()
     assert results["regularisation"] == {"epochs": planned, "given_as_flags": [],
                                          "settings": regularisation_rule(planned, 170, 8)}
-    saved, _ = read_config(options.output_dir)      # tiny's label smoothing 0 became 0.1
+    saved, _ = read_config(options.output_dir)
     assert saved.regularisation_epochs == planned and saved.label_smoothing == 0.1
     with contextlib.redirect_stdout(io.StringIO()):
         again = trainer.run(override(config, epochs=80), options, data, devices.detect())

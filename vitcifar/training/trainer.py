@@ -160,14 +160,29 @@ def start(config: TrainConfig, options: RunOptions, device: devices.Device,
     # 8x8 patches it adds only mixing, which costs little)
     chosen = regularised(config, state.plan.epochs, len(train_split[0]))
     if chosen != config:                  # the choice is kept in config.json for resuming
-        if replace(chosen, regularisation_epochs=config.regularisation_epochs) != config:
-            # a new setting: a new model, traced again; else the calibrated, traced model
+        if keeps_model(config, chosen):   # the calibrated, traced model, a new augmentation
+            built = built._replace(augment=input_pipeline.make_augment(
+                chosen.augmentation, input_pipeline.label_classes(chosen)))
+        else:                             # a new model, traced again at its first step
             with clock.phase("model build"):
                 built = build(chosen, options, device, cluster, steps, *val_split)
         config = chosen
         run_dir.atomic_write_json(os.path.join(options.output_dir, run_dir.CONFIG),
                                   to_json(config, options))
     return config, built, state
+
+
+def keeps_model(config: TrainConfig, chosen: TrainConfig) -> bool:
+    """Whether `chosen`, regularisation "auto"'s choice for the run calibrated with
+    `config`, trains the model built (and traced, by the calibration) for `config`: besides
+    the record of the choice, only the batch augmentation differs, which runs in tf.data
+    outside the model's step, and the labels keep their encoding (mixup on class indices
+    makes them one-hot: another loss). Tracing a new model's step costs about 10 s of a
+    3-minute budget on a 2-core CPU, so a choice that changes no image (RandAugment's
+    magnitude while it applies no operation: `fast` at a few epochs) must not cost it."""
+    return (chosen.soft_labels == config.soft_labels
+            and replace(chosen, augmentation=config.augmentation,
+                        regularisation_epochs=config.regularisation_epochs) == config)
 
 
 def fix_schedule(config: TrainConfig, state: RunState, schedule, steps: int) -> TrainConfig:
