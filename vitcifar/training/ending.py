@@ -11,7 +11,7 @@ from vitcifar.backend import devices
 from vitcifar.config.config_file import to_json
 from vitcifar.config.settings import RULE_SETTINGS, RunOptions, TrainConfig
 from vitcifar.config.views import flat
-from vitcifar.data import cifar
+from vitcifar.data import cifar, input_pipeline
 from vitcifar.errors import RunStopped, UsageError
 from vitcifar.runs import checkpoint, resume, run_dir
 from vitcifar.runs.checkpoint import RunState
@@ -96,6 +96,9 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, mode
                                   data.label_names, logits)
     images_seen = (min(state.plan.steps * config.batch_size, state.epochs_done * train_images)
                    if state.plan else state.epochs_done * train_images)
+    # an epoch's images as the Bookkeeper counts them (steps x batch), for the steady rate
+    epoch_images = config.batch_size * input_pipeline.steps_per_epoch(train_images,
+                                                                      config.batch_size)
     results = {
         "dataset": config.dataset,
         **({"data": data.summary()} if data.summary() is not None else {}),
@@ -113,7 +116,7 @@ def finish(config: TrainConfig, options: RunOptions, data: cifar.CifarData, mode
         "device_name": device.name,
         "precision": ran.record(),
         **devices.versions(),
-        "wall_time": clock.record(images_seen, config.time_budget),
+        "wall_time": clock.record(images_seen, epoch_images, config.time_budget),
         "config": to_json(config, options),
     }
     run_dir.atomic_write_json(os.path.join(output_dir, run_dir.RESULTS), results)

@@ -37,20 +37,23 @@ class WallClock:
         finally:
             self.add(name, time.perf_counter() - began)
 
-    def steady_images_per_second(self) -> Optional[float]:
+    def steady_images_per_second(self, epoch_images: int) -> Optional[float]:
         """The fastest epoch after the first, validation included: the rate the run trains
-        at once everything that happens once is done (None before a second epoch). The last
-        epoch of a budget counts only if whole: a cut-short one is mostly its validation."""
-        later = [epoch["images"] / (epoch["train_seconds"] + epoch["validation_seconds"])
-                 for epoch in self.epochs[1:] if epoch["whole"]]
+        at once everything that happens once is done (None before a second epoch). A
+        cut-short last epoch (a budget's) counts as the whole epoch of `epoch_images` images
+        it would have been at its step rate: its validation, which a whole epoch has too, is
+        spread over a whole epoch's images, not over its few."""
+        later = [epoch_images / (epoch["train_seconds"] * epoch_images / epoch["images"]
+                                 + epoch["validation_seconds"])
+                 for epoch in self.epochs[1:] if epoch["images"]]
         return max(later) if later else None
 
-    def record(self, images_seen: int, budget_minutes: float = 0.0) -> dict:
-        """results.json's "wall_time": total and per-phase seconds, the steady rate, and
-        with a budget the share of it that trained at that rate (images seen / steady rate
-        / budget)."""
+    def record(self, images_seen: int, epoch_images: int, budget_minutes: float = 0.0) -> dict:
+        """results.json's "wall_time": total and per-phase seconds, the steady rate (epochs
+        of `epoch_images` images: steps x batch), and with a budget the share of it that
+        trained at that rate (images seen / steady rate / budget)."""
         total = self.elapsed()
-        steady = self.steady_images_per_second()
+        steady = self.steady_images_per_second(epoch_images)
         phases = {name: round(value, 2) for name, value in self.seconds.items()}
         phases["other"] = round(total - sum(self.seconds.values()), 2)
         record = {"total_seconds": round(total, 2), "phases": phases,
