@@ -75,12 +75,12 @@ class FakeClock:
 
 def budget_keeper(plan_steps=100, steps_per_epoch=60):
     """A BudgetKeeper and the cosine schedule it sets, with a plan of `plan_steps` steps of
-    batch 1 at 1 step/s in a 2-minute budget (114 s usable: 14 s spent before training)."""
+    batch 1 at 1 step/s in a 2-minute budget (20 s spent before training)."""
     from vitcifar.runs import time_budget
     from vitcifar.training import optimization
     from vitcifar.training.wall_clock import WallClock
     plan = time_budget.plan(2.0, 14.0, 1.0, 10.0, 0.0, 1, steps_per_epoch, 1, 0.1,
-                            spent_seconds=14.0)
+                            spent_seconds=20.0)
     assert plan.steps == plan_steps
     state = RunState(plan=plan, schedule_steps=[plan.steps, plan.warmup_steps])
     schedule = optimization.WarmupCosine(1e-3, plan.warmup_steps, plan.steps)
@@ -102,9 +102,9 @@ def run_steps(keeper, now, first_batch, count, seconds_each, bar=None):
 
 def test_steps_slower_than_calibrated_shrink_the_plan_and_the_schedule_with_it():
     keeper, state, schedule, now = budget_keeper()
-    now.t = 14.0                               # training starts when the plan said
-    run_steps(keeper, now, 0, 11, 2.0)         # 2 s a step, not 1: at step 11, 14 + 22 s
-    plan = state.plan                          # 114 - 36 = 78 s left: 39 more steps
+    now.t = 20.0                               # training starts when the plan said
+    run_steps(keeper, now, 0, 11, 2.0)         # 2 s a step, not 1: at step 11, 20 + 22 s
+    plan = state.plan                          # 120 - 42 = 78 s left: 39 more steps
     assert plan.replans == 1 and plan.steps == 11 + 39 and plan.train_images_per_second == 0.5
     assert state.schedule_steps == [50, plan.warmup_steps]
     assert int(schedule.total_steps.numpy()) == 50
@@ -112,13 +112,13 @@ def test_steps_slower_than_calibrated_shrink_the_plan_and_the_schedule_with_it()
 
 def test_the_gap_between_epochs_counts_as_each_epochs_end():
     keeper, state, _, now = budget_keeper()
-    now.t = 14.0
+    now.t = 20.0
     run_steps(keeper, now, 0, 60, 1.0)         # epoch 1 at the calibrated rate
     state.epochs_done = 1
     now.t += 5.0                               # its validation and saves
     run_steps(keeper, now, 0, 12, 1.0)
     assert keeper.epoch_end_seconds == pytest.approx(5.0)
-    # re-planned at step 71 (90 s in) at 1 s a step: 114 - 90 = 24 s = 19 steps + 5 s for
+    # re-planned at step 71 (96 s in) at 1 s a step: 120 - 96 = 24 s = 19 steps + 5 s for
     # this epoch's end, no time for another epoch's
     assert state.plan.steps == 71 + 19 and state.plan.epochs == 2
 
@@ -137,7 +137,7 @@ def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(caps
     bar = started_bar(state, 60)                 # fit's 3 epochs: room for a third
     bar.on_epoch_begin(0)
     assert "Epoch 1/2" in capsys.readouterr().out and bar.target == 60
-    now.t = 14.0
+    now.t = 20.0
     run_steps(keeper, now, 0, 60, 1.0, bar)
     bar.on_epoch_end(0, {"loss": 1.0})
     assert "60/60" in capsys.readouterr().out
@@ -158,7 +158,7 @@ def test_a_one_epoch_plan_names_its_epoch_and_ends_its_bar_at_the_plans_steps(ca
     bar = started_bar(state, 200, verbose)
     bar.on_epoch_begin(0)
     assert "Epoch 1/1" in capsys.readouterr().out and bar.target == 100
-    now.t = 14.0
+    now.t = 20.0
     run_steps(keeper, now, 0, 100, 1.0, bar)
     bar.on_epoch_end(0, {"loss": 1.0})
     assert state.plan.steps == 100 and "100/100" in capsys.readouterr().out

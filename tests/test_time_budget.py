@@ -7,7 +7,7 @@ import pytest
 
 from vitcifar.runs import time_budget
 from vitcifar.runs.checkpoint import RunState
-from vitcifar.runs.time_budget import BUDGET_SHARE, Plan
+from vitcifar.runs.time_budget import Plan
 
 
 def planned(minutes=1.0, spent=0.0, rate=4.0, epoch_end=0.0, batch=1, steps=20,
@@ -17,18 +17,18 @@ def planned(minutes=1.0, spent=0.0, rate=4.0, epoch_end=0.0, batch=1, steps=20,
 
 
 def test_the_plan_fills_the_budget_with_steps_whole_epochs_first():
-    # 0.25 s a step, 60 s * BUDGET_SHARE = 57 s: 228 steps = 11 epochs of 20 and 8 steps
+    # 0.25 s a step, 60 s: 240 steps = 12 epochs of 20; the whole budget, none held back
     plan = planned()
-    assert plan.steps == int(60 * BUDGET_SHARE / 0.25) == 228
-    assert (plan.epochs, plan.last_epoch_steps) == (12, 8)
-    assert plan.warmup_steps == 23 and plan.planned_seconds == pytest.approx(57.0)
+    assert plan.steps == int(60 / 0.25) == 240
+    assert (plan.epochs, plan.last_epoch_steps) == (12, 20)
+    assert plan.warmup_steps == 24 and plan.planned_seconds == pytest.approx(60.0)
 
 
 def test_calibration_and_epoch_ends_count_against_the_budget():
-    # 7 s spent, 1 s per epoch end: 50 s = 8 epochs of 6 s, then 1 s of steps and 1 s
+    # 7 s spent, 1 s per epoch end: 53 s = 8 epochs of 6 s, then 4 s of steps and 1 s
     plan = planned(spent=7.0, epoch_end=1.0)
-    assert (plan.epochs, plan.last_epoch_steps, plan.steps) == (9, 4, 164)
-    assert plan.planned_seconds == pytest.approx(57.0) and plan.calibration_seconds == 7.0
+    assert (plan.epochs, plan.last_epoch_steps, plan.steps) == (9, 16, 176)
+    assert plan.planned_seconds == pytest.approx(60.0) and plan.calibration_seconds == 7.0
 
 
 def test_the_last_epoch_ends_after_whole_calls_and_at_least_one_call_runs():
@@ -46,14 +46,14 @@ def test_a_plan_survives_the_run_state_json_as_a_plan():
 
 
 def test_the_whole_command_counts_what_came_before_and_what_comes_after():
-    # 12 s spent before the plan (start-up, data, build, calibration of 7 s) and 5 s for the
-    # test evaluation and figures: 57 - 17 = 40 s of steps, 160 steps = 8 epochs of 20
-    plan = time_budget.plan(1.0, 7.0, 4.0, 50.0, 0.0, 1, 20, 1, 0.1, spent_seconds=12.0,
+    # 15 s spent before the plan (start-up, data, build, calibration of 7 s) and 5 s for the
+    # test evaluation and figures: 60 - 20 = 40 s of steps, 160 steps = 8 epochs of 20
+    plan = time_budget.plan(1.0, 7.0, 4.0, 50.0, 0.0, 1, 20, 1, 0.1, spent_seconds=15.0,
                             closing_seconds=5.0)
     assert (plan.steps, plan.epochs, plan.last_epoch_steps) == (160, 8, 20)
     assert (plan.spent_seconds, plan.closing_seconds, plan.calibration_seconds) == \
-        (12.0, 5.0, 7.0)
-    assert plan.planned_seconds == pytest.approx(57.0)
+        (15.0, 5.0, 7.0)
+    assert plan.planned_seconds == pytest.approx(60.0)
 
 
 def test_a_plan_saved_before_the_whole_command_counted_still_reads():
@@ -70,21 +70,21 @@ def replanned(plan, elapsed, epochs_done, into, rate, epoch_end=0.0, max_epochs=
 
 
 def test_a_replan_at_the_plans_own_rate_changes_nothing_but_its_count():
-    plan = planned(spent=7.0, epoch_end=1.0)          # 164 steps: 8 epochs of 20, then 4
+    plan = planned(spent=7.0, epoch_end=1.0)          # 176 steps: 8 epochs of 20, then 16
     # 3 epochs and 10 steps done at 4 steps/s after the 7 s: 7 + 70 * 0.25 + 3 * 1 s
     again = replanned(plan, 7.0 + 70 * 0.25 + 3.0, 3, 10, 4.0, epoch_end=1.0)
-    assert (again.steps, again.epochs, again.last_epoch_steps) == (164, 9, 4)
+    assert (again.steps, again.epochs, again.last_epoch_steps) == (176, 9, 16)
     assert again.replans == 1 and again.warmup_steps == plan.warmup_steps
     assert again.planned_seconds == pytest.approx(plan.planned_seconds)
 
 
 def test_a_faster_rate_than_calibrated_fills_the_budget_and_a_slower_one_ends_sooner():
-    plan = planned()                                  # 228 steps at 4 steps/s in 57 s
-    faster = replanned(plan, 10.0, 2, 0 + 1, 8.0)     # 41 done; 47 s at 8 steps/s: 376 more
-    assert faster.steps == 41 + 376 and faster.epochs == 21
-    slower = replanned(plan, 10.0, 2, 1, 2.0)         # 47 s at 2 steps/s: 94 more
-    assert slower.steps == 41 + 94 and slower.last_epoch_steps == 135 - 6 * 20
-    assert faster.warmup_steps == slower.warmup_steps == plan.warmup_steps == 23
+    plan = planned()                                  # 240 steps at 4 steps/s in 60 s
+    faster = replanned(plan, 10.0, 2, 0 + 1, 8.0)     # 41 done; 50 s at 8 steps/s: 400 more
+    assert faster.steps == 41 + 400 and faster.epochs == 23
+    slower = replanned(plan, 10.0, 2, 1, 2.0)         # 50 s at 2 steps/s: 100 more
+    assert slower.steps == 41 + 100 and slower.last_epoch_steps == 141 - 7 * 20
+    assert faster.warmup_steps == slower.warmup_steps == plan.warmup_steps == 24
 
 
 def test_a_replan_never_goes_past_the_epochs_fit_runs_nor_back_before_the_step_in_progress():

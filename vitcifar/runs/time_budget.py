@@ -7,7 +7,8 @@ evaluation and figures: `closing_seconds`) come out of it, so `--time-budget 3` 
 3 minutes after the command started. The plan is whole epochs, the last one cut short after
 a whole number of steps_per_execution calls (Keras counts them from each epoch's start), at
 least one call; the warmup is the same share of the planned steps as --warmup-epochs of
---epochs. It uses BUDGET_SHARE of the budget, as epochs vary by a few percent in length.
+--epochs. It plans the whole budget: re-planning (below) keeps the command's end within
+seconds of it.
 
 A calibration of a few steps can be far off: measured while another process loads the
 machine, or before the input pipeline's cache is filled, it was 25% slow or fast on a 2-core
@@ -21,7 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Tuple
 
 # untimed steps first (tracing, warm caches), then timed ones
-CALIBRATION_WARMUP_STEPS, CALIBRATION_STEPS, BUDGET_SHARE = 3, 10, 0.95
+CALIBRATION_WARMUP_STEPS, CALIBRATION_STEPS = 3, 10
 # training re-plans after every such share of the planned steps, and not more often than
 # every REPLAN_MIN_STEPS steps (the rate is the mean over the steps since the last re-plan)
 REPLAN_EVERY, REPLAN_MIN_STEPS = 0.1, 10
@@ -53,13 +54,13 @@ def plan(budget_minutes: float, calibration_seconds: float, train_images_per_sec
          validation_images_per_second: float, epoch_end_seconds: float, batch_size: int,
          steps_per_epoch: int, steps_per_execution: int, warmup_fraction: float,
          spent_seconds: float = 0.0, closing_seconds: float = 0.0) -> Plan:
-    """The most training steps that end within BUDGET_SHARE of `budget_minutes`, counting the
+    """The most training steps that end within `budget_minutes`, counting the
     command's `spent_seconds` so far (at least the `calibration_seconds`), `epoch_end_seconds`
     (validation and saves) after every epoch and `closing_seconds` at the end;
     warmup_fraction of them warm up."""
     step_seconds = batch_size / train_images_per_second
     spent_seconds = max(spent_seconds, calibration_seconds)
-    available = budget_minutes * 60 * BUDGET_SHARE - spent_seconds - closing_seconds
+    available = budget_minutes * 60 - spent_seconds - closing_seconds
     epochs, last = _fit(available, step_seconds, epoch_end_seconds, steps_per_epoch,
                         steps_per_execution)
     total = (epochs - 1) * steps_per_epoch + last
@@ -85,7 +86,7 @@ def replan(plan: Plan, elapsed_seconds: float, epochs_done: int, steps_into_epoc
     progress (the next whole call after it): a budget already spent stops there. The warmup
     keeps its steps (cut to the total)."""
     step_seconds = batch_size / train_images_per_second
-    available = plan.budget_minutes * 60 * BUDGET_SHARE - elapsed_seconds - plan.closing_seconds
+    available = plan.budget_minutes * 60 - elapsed_seconds - plan.closing_seconds
     epochs, last = _fit(available, step_seconds, epoch_end_seconds, steps_per_epoch,
                         steps_per_execution, epochs_done, steps_into_epoch, max_epochs)
     total = (epochs - 1) * steps_per_epoch + last
