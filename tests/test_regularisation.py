@@ -65,6 +65,13 @@ def test_a_budget_run_keeps_its_calibrated_model_unless_the_choice_changes_model
     assert mixing.augmentation.mixes and keeps_model(FAST, mixing)
     hard = override(PRESETS["tiny"], regularisation="auto")   # label smoothing 0 -> 0.1
     assert not keeps_model(hard, regularised(hard, 3, 1_700))
+    # label smoothing 0 given as a flag: the same loss settings, but mixup makes the
+    # labels one-hot, so only the encoding tells the models apart
+    indices = override(PRESETS["tiny"], regularisation="auto",
+                       regularisation_given=("label_smoothing",))
+    mixed = regularised(indices, 300, 42_500)
+    assert mixed.augmentation.mixes and mixed.label_smoothing == 0
+    assert not keeps_model(indices, mixed)
     small = override(PRESETS["vit_lite"], regularisation="auto", drop_path=0.0)
     assert small.patch_size <= 4 and not keeps_model(small, regularised(small, 300, 42_500))
 

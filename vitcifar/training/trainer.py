@@ -146,8 +146,9 @@ def start(config: TrainConfig, options: RunOptions, device: devices.Device,
           ) -> Tuple[TrainConfig, Built, RunState]:
     """A fresh run's state; with --time-budget, the plan from timing the first steps, and
     what regularisation "auto" then chooses for the planned epochs (kept in config.json for
-    resuming). Returns (config, built, state): built again only if the choice changed the
-    model or its inputs."""
+    resuming). Returns (config, built, state): a new model only if the choice changes the
+    model or the labels' encoding (keeps_model), else the calibrated one with the chosen
+    augmentation."""
     state = RunState(learning_rate=config.learning_rate)
     if not config.time_budget:
         return config, built, state

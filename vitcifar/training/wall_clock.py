@@ -45,7 +45,7 @@ class WallClock:
         spread over a whole epoch's images, not over its few."""
         later = [epoch_images / (epoch["train_seconds"] * epoch_images / epoch["images"]
                                  + epoch["validation_seconds"])
-                 for epoch in self.epochs[1:] if epoch["images"]]
+                 for epoch in self.epochs[1:] if epoch["images"] and epoch["train_seconds"]]
         return max(later) if later else None
 
     def record(self, images_seen: int, epoch_images: int, budget_minutes: float = 0.0) -> dict:
