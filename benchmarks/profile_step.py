@@ -26,10 +26,9 @@ from vitcifar.training import precision
 
 
 def parse(argv):
-    parser = flags.build_train_parser("cifar10")
-    parser.prog = "profile_step.py"
-    parser.description = "Op-type profile of the app's training step on one fixed batch."
-    group = parser.add_argument_group("profile")
+    parser, group = flags.build_tool_parser(
+        "profile_step.py", "Op-type profile of the app's training step on one fixed batch.",
+        group="profile")
     group.add_argument("--steps", type=int, default=3, help="profiled steps (3)")
     group.add_argument("--top", type=int, default=20, help="op types listed (20)")
     args = parser.parse_args(argv)

@@ -61,11 +61,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def parse(argv):
-    parser = flags.build_train_parser("cifar10")
-    parser.prog = "train_throughput.py"
-    parser.description = ("Training throughput of the app's training path (tf.data pipeline, "
-                          "compile_model, model.fit) on synthetic data.")
-    group = parser.add_argument_group("benchmark")
+    parser, group = flags.build_tool_parser(
+        "train_throughput.py", "Training throughput of the app's training path (tf.data "
+        "pipeline, compile_model, model.fit) on synthetic data.")
     group.add_argument("--dataset", choices=sorted(DATASETS), default="cifar10",
                        help="number of classes of the model (default: cifar10)")
     group.add_argument("--steps", type=int, default=20, help="steps per timed window (20)")

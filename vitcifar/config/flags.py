@@ -98,6 +98,15 @@ def build_train_parser(dataset: str) -> Parser:
     return parser
 
 
+def build_tool_parser(prog: str, description: str, group: str = "benchmark"
+                      ) -> Tuple[Parser, argparse._ArgumentGroup]:
+    """train_cifar10.py's flags under a benchmark's name, and an argument group for the
+    tool's own flags: a tool that trains as the app does takes the app's flags."""
+    parser = build_train_parser("cifar10")
+    parser.prog, parser.description = prog, description
+    return parser, parser.add_argument_group(group)
+
+
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     """--verbose: show TensorFlow's C++ start-up logs, which devices.prepare_environment
     hides by default."""
