@@ -130,3 +130,21 @@ def test_image_folder_loading_benchmark_prints_images_per_second_by_threads():
     assert all(float(rate.replace(",", "")) > 0 for _, rate, _, _ in rows)
     assert "40 48x48 JPEG files, 10 classes" in result.stdout
     assert "one training epoch of 40 images at 1,000 images/s takes 0.0 s" in result.stdout
+
+
+@pytest.mark.slow
+def test_weight_ema_evaluates_the_last_weights_and_each_average(cifar10_tar, tmp_path):
+    result = run_module("benchmarks.weight_ema", "--preset", "tiny", "--epochs", 1,
+                        "--data-dir", cifar10_tar, "--output-dir", tmp_path / "run",
+                        "--momenta", 0.9, 0.99, "--no-tensorboard")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"weight_ema: \d+ steps, seed \d+, [\d,]+ images seen; the EMAs took",
+                     result.stdout), result.stdout
+    # one epoch: the run's best weights are its last ones, evaluated again here
+    last = re.search(r"last weights: test top-1 ([\d.]+)% \(the run's best weights: "
+                     r"([\d.]+)%\)", result.stdout)
+    assert last and last.group(1) == last.group(2), result.stdout
+    for momentum in ("0.9", "0.99"):
+        assert re.search(rf"EMA {momentum}: test top-1 [\d.]+%", result.stdout), result.stdout
+    bad = run_module("benchmarks.weight_ema", "--momenta", 1.5)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --momenta must be between 0 and 1"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import replace
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import vit_model
 from vitcifar.backend import devices
@@ -30,7 +30,8 @@ from vitcifar.training.wall_clock import WallClock
 def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         device: devices.Device, restart: bool = False,
         cluster: "distribution.Plan | None" = None,
-        init: "init_from.Source | None" = None, clock: Optional[WallClock] = None) -> dict:
+        init: "init_from.Source | None" = None, clock: Optional[WallClock] = None,
+        callbacks: Sequence = ()) -> dict:
     """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
     what it writes to results.json. Raises RunStopped on NaN, disk errors, Ctrl-C and a lost
     worker, and UsageError, before touching anything, when another process trains in the
@@ -38,7 +39,8 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     default. On several workers only the chief writes --output-dir and the results; the
     others keep their bookkeeping in distribution.worker_dir() and return {}. `init`
     (--init-from): the run to take a fresh run's first weights from. `clock`, from the
-    command's start, times the run's phases (a new one from here by default)."""
+    command's start, times the run's phases (a new one from here by default). `callbacks`:
+    more Keras callbacks for model.fit, after the run's own (a benchmark's probe)."""
     cluster, clock = cluster or distribution.single_device(), clock or WallClock()
     cluster.per_replica_batch(config.batch_size)              # UsageError unless it divides
     if config.time_budget and cluster.workers > 1:
@@ -49,10 +51,11 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     try:
         if cluster.chief:
             with run_dir.RunLock(options.output_dir):
-                return train(config, options, data, device, restart, cluster, init, clock)
+                return train(config, options, data, device, restart, cluster, init, clock,
+                             callbacks)
         with distribution.worker_dir() as own:
             return train(config, replace(options, output_dir=own, tensorboard=False), data,
-                         device, True, cluster, init, clock)
+                         device, True, cluster, init, clock, callbacks)
     except workers.LOST_WORKER_ERRORS as error:      # in an exchange outside model.fit
         if cluster.workers == 1:
             raise
@@ -85,7 +88,7 @@ def build(config: TrainConfig, options: RunOptions, device: devices.Device,
 
 def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
           device: devices.Device, restart: bool, cluster: "distribution.Plan",
-          init: "init_from.Source | None", clock: WallClock) -> dict:
+          init: "init_from.Source | None", clock: WallClock, callbacks: Sequence = ()) -> dict:
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     (x_train, y_train), (x_val, y_val) = cifar.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
@@ -126,7 +129,7 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     if config.regularisation == "auto":
         print(describe_regularisation(config))
     config = fix_schedule(config, state, built.schedule, steps)
-    fit(config, options, cluster, built, state, (x_train, y_train), data, clock)
+    fit(config, options, cluster, built, state, (x_train, y_train), data, clock, callbacks)
     if not cluster.chief:
         print(f"Worker done: {state.epochs_done} epochs trained; the chief writes the results")
         return {}
@@ -200,9 +203,11 @@ def fix_schedule(config: TrainConfig, state: RunState, schedule, steps: int) -> 
 
 
 def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", built: Built,
-        state: RunState, train_split: Tuple, data: cifar.CifarData, clock: WallClock) -> None:
-    """model.fit from the epoch `state` has reached to config.epochs, with the Bookkeeper;
-    raises RunStopped (after drawing the figures so far) on Ctrl-C, NaN or a lost worker."""
+        state: RunState, train_split: Tuple, data: cifar.CifarData, clock: WallClock,
+        extra_callbacks: Sequence = ()) -> None:
+    """model.fit from the epoch `state` has reached to config.epochs, with the Bookkeeper
+    (and `extra_callbacks` after the run's own); raises RunStopped (after drawing the
+    figures so far) on Ctrl-C, NaN or a lost worker."""
     if state.epochs_done >= config.epochs or state.stopped_early:
         return
     bookkeeper = fit_loop.Bookkeeper(config, state, options.output_dir,
@@ -221,6 +226,7 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
                                                   options.steps_per_execution, fit_epochs))
     if state.plan is not None:       # the bar counts the plan's epochs and last steps
         callbacks.append(fit_loop.PlanProgressBar(state, steps))
+    callbacks.extend(extra_callbacks)
     train_data = training_data(cluster, config, built.augment, x_train, y_train,
                                state.epochs_done, fit_epochs)
     try:
