@@ -31,6 +31,15 @@ def test_a_cut_short_last_epoch_counts_as_the_whole_epoch_its_step_rate_makes():
     assert "budget_share_at_steady_rate" not in clock.record(1250, 1000)   # no budget
 
 
+def test_a_last_epoch_of_a_few_steps_or_no_seconds_does_not_set_the_steady_rate():
+    # 50 images (a twentieth of an epoch) in 0.05 s would count as 1,000 images/s
+    clock = clock_with((1000, 20.0, 1.0), (1000, 9.0, 1.0), (50, 0.05, 1.0))
+    assert clock.steady_images_per_second(1000) == pytest.approx(1000 / 10.0)
+    # an epoch with no training seconds (the budget spent as it began) is skipped, not inf
+    assert clock_with((1000, 20.0, 1.0), (1000, 0.0, 0.0)).steady_images_per_second(1000) \
+        is None
+
+
 def test_phases_add_up_and_what_no_phase_names_is_other():
     clock = WallClock(started=0.0)
     clock.add("validation", 1.5)

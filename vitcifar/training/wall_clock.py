@@ -13,6 +13,10 @@ import time
 from contextlib import contextmanager
 from typing import Dict, List, Optional
 
+# A cut-short last epoch counts towards the steady rate from this share of an epoch on: its
+# first steps wait for a new iterator, and a few steps time that more than the rate.
+LEAST_EPOCH_SHARE = 0.1
+
 
 class WallClock:
     """Seconds per phase since `started`, a time.perf_counter() reading taken when the
@@ -42,10 +46,13 @@ class WallClock:
         at once everything that happens once is done (None before a second epoch). A
         cut-short last epoch (a budget's) counts as the whole epoch of `epoch_images` images
         it would have been at its step rate: its validation, which a whole epoch has too, is
-        spread over a whole epoch's images, not over its few."""
+        spread over a whole epoch's images, not over its few. One shorter than
+        LEAST_EPOCH_SHARE of an epoch does not count."""
         later = [epoch_images / (epoch["train_seconds"] * epoch_images / epoch["images"]
                                  + epoch["validation_seconds"])
-                 for epoch in self.epochs[1:] if epoch["images"] and epoch["train_seconds"]]
+                 for epoch in self.epochs[1:]
+                 if epoch["images"] >= LEAST_EPOCH_SHARE * epoch_images
+                 and epoch["train_seconds"]]
         return max(later) if later else None
 
     def record(self, images_seen: int, epoch_images: int, budget_minutes: float = 0.0) -> dict:
