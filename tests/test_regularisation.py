@@ -181,15 +181,24 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar,
     def counted_build(*args):
         built.append(args[0])
         return real_build(*args)
+    real_augment, augmented = trainer.batch_augment, []
+
+    def counted_augment(config):
+        augmented.append(config.augmentation)
+        return real_augment(config)
     monkeypatch.setattr(trainer, "build", counted_build)
+    monkeypatch.setattr(trainer, "batch_augment", counted_augment)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         results = trainer.run(config, options, data, devices.detect())
     assert len(built) == builds
+    # the calibrated model's augmentation, then the chosen one, whether the model was built
+    # again or kept
+    saved, _ = read_config(options.output_dir)
+    assert len(augmented) == 2 and augmented[1] == saved.augmentation != augmented[0]
     planned = results["time_budget_plan"]["epochs"]
     assert f"Regularisation auto, for {planned} epochs" in printed.getvalue()
     assert results["regularisation"] == {"epochs": planned, "given_as_flags": [],
                                          "settings": regularisation_rule(planned, 170, 8)}
-    saved, _ = read_config(options.output_dir)
     assert saved.regularisation_epochs == planned and saved.label_smoothing == 0.1
     with contextlib.redirect_stdout(io.StringIO()):
         again = trainer.run(override(config, epochs=80), options, data, devices.detect())

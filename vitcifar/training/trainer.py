@@ -31,7 +31,7 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         device: devices.Device, restart: bool = False,
         cluster: "distribution.Plan | None" = None,
         init: "init_from.Source | None" = None, clock: Optional[WallClock] = None,
-        callbacks: Sequence = ()) -> dict:
+        extra_callbacks: Sequence = ()) -> dict:
     """Trains (or resumes), keeps the best weights, evaluates them on the test set; returns
     what it writes to results.json. Raises RunStopped on NaN, disk errors, Ctrl-C and a lost
     worker, and UsageError, before touching anything, when another process trains in the
@@ -39,8 +39,9 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     default. On several workers only the chief writes --output-dir and the results; the
     others keep their bookkeeping in distribution.worker_dir() and return {}. `init`
     (--init-from): the run to take a fresh run's first weights from. `clock`, from the
-    command's start, times the run's phases (a new one from here by default). `callbacks`:
-    more Keras callbacks for model.fit, after the run's own (a benchmark's probe)."""
+    command's start, times the run's phases (a new one from here by default).
+    `extra_callbacks`: more Keras callbacks for model.fit, after the run's own (a
+    benchmark's probe)."""
     cluster, clock = cluster or distribution.single_device(), clock or WallClock()
     cluster.per_replica_batch(config.batch_size)              # UsageError unless it divides
     if config.time_budget and cluster.workers > 1:
@@ -52,10 +53,10 @@ def run(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
         if cluster.chief:
             with run_dir.RunLock(options.output_dir):
                 return train(config, options, data, device, restart, cluster, init, clock,
-                             callbacks)
+                             extra_callbacks)
         with distribution.worker_dir() as own:
             return train(config, replace(options, output_dir=own, tensorboard=False), data,
-                         device, True, cluster, init, clock, callbacks)
+                         device, True, cluster, init, clock, extra_callbacks)
     except workers.LOST_WORKER_ERRORS as error:      # in an exchange outside model.fit
         if cluster.workers == 1:
             raise
@@ -76,19 +77,26 @@ class Built(NamedTuple):
 def build(config: TrainConfig, options: RunOptions, device: devices.Device,
           cluster: "distribution.Plan", steps: int, x_val, y_val) -> Built:
     """The model, optimizer and metrics, compiled on every replica of `cluster`."""
-    one_hot = input_pipeline.label_classes(config)
     with cluster.strategy.scope():
         model = vit_model.build_model(config)
         schedule = compile_model(model, config, jit_compile=devices.use_xla(options.xla, device),
                                  steps_per_execution=options.steps_per_execution,
                                  steps_per_epoch=steps)
-    return Built(model, schedule, input_pipeline.make_augment(config.augmentation, one_hot),
-                 input_pipeline.eval_dataset(x_val, y_val, config.batch_size, one_hot))
+    return Built(model, schedule, batch_augment(config),
+                 input_pipeline.eval_dataset(x_val, y_val, config.batch_size,
+                                             input_pipeline.label_classes(config)))
+
+
+def batch_augment(config: TrainConfig):
+    """The training batches' augmentation of `config` (its labels one-hot where it mixes
+    or smooths them)."""
+    return input_pipeline.make_augment(config.augmentation, input_pipeline.label_classes(config))
 
 
 def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
           device: devices.Device, restart: bool, cluster: "distribution.Plan",
-          init: "init_from.Source | None", clock: WallClock, callbacks: Sequence = ()) -> dict:
+          init: "init_from.Source | None", clock: WallClock,
+          extra_callbacks: Sequence = ()) -> dict:
     """`run` in options.output_dir, which is this worker's own folder when not the chief."""
     (x_train, y_train), (x_val, y_val) = cifar.split_validation(
         data.x_train, data.y_train, config.validation_fraction, config.seed)
@@ -129,7 +137,8 @@ def train(config: TrainConfig, options: RunOptions, data: cifar.CifarData,
     if config.regularisation == "auto":
         print(describe_regularisation(config))
     config = fix_schedule(config, state, built.schedule, steps)
-    fit(config, options, cluster, built, state, (x_train, y_train), data, clock, callbacks)
+    fit(config, options, cluster, built, state, (x_train, y_train), data, clock,
+        extra_callbacks)
     if not cluster.chief:
         print(f"Worker done: {state.epochs_done} epochs trained; the chief writes the results")
         return {}
@@ -165,8 +174,7 @@ def start(config: TrainConfig, options: RunOptions, device: devices.Device,
     chosen = regularised(config, state.plan.epochs, len(train_split[0]))
     if chosen != config:                  # the choice is kept in config.json for resuming
         if keeps_model(config, chosen):   # the calibrated, traced model, a new augmentation
-            built = built._replace(augment=input_pipeline.make_augment(
-                chosen.augmentation, input_pipeline.label_classes(chosen)))
+            built = built._replace(augment=batch_augment(chosen))
         else:                             # a new model, traced again at its first step
             with clock.phase("model build"):
                 built = build(chosen, options, device, cluster, steps, *val_split)
