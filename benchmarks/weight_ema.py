@@ -6,18 +6,21 @@ after every step, then evaluates the last weights and each EMA on the whole test
 
     python -m benchmarks.weight_ema --preset fast --data-dir ARCHIVE --seed 0
 
-The EMA follows timm's ModelEmaV2 with its warmup: after step t the average moves to
-decay * ema + (1 - decay) * weights with decay = min(momentum, (1 + t) / (10 + t)), so that
-the first steps' random weights fade. All the EMAs and the last weights come from the same
+After step t the average moves to decay * ema + (1 - decay) * weights with decay =
+min(momentum, (1 + t) / (10 + t)), tf.train.ExponentialMovingAverage's rule with
+num_updates, so that the first steps' random weights fade (it reaches 0.99 at step 890 and
+0.995 at step 1,790). All the EMAs and the last weights come from the same
 run, steps and seed: their test top-1 differ by the EMA alone, with no seed or timing noise
 between them. The EMAs are kept in numpy outside the training step, which costs the run some
 steps (printed); an EMA inside the step would cost less, so this measures what an EMA could
-bring, not its price. The run's own results (best weights, results.json) are the app's.
+bring, not its price. The run's own results (best weights, results.json) are the app's; it
+trains a new run, so an --output-dir that holds one needs --restart.
 Fashion-MNIST packed as CIFAR-10 (benchmarks/time_to_accuracy.py) is the archive here.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import tempfile
 import time
@@ -28,6 +31,7 @@ import numpy as np
 from vitcifar.commands import train as train_command
 from vitcifar.config import flags
 from vitcifar.errors import UsageError, entry_point
+from vitcifar.runs import run_dir
 
 MOMENTA = (0.9, 0.97, 0.99, 0.995, 0.998)
 
@@ -41,7 +45,16 @@ def parse(argv):
     args = parser.parse_args(argv)
     if not all(0.0 < m < 1.0 for m in args.momenta):
         raise UsageError("--momenta must be between 0 and 1")
+    args.momenta = list(dict.fromkeys(args.momenta))           # one average per momentum
     config, options = flags.configs_from_args("cifar10", args)
+    if options.steps_per_execution != 1:      # the callback sees one call of N steps
+        raise UsageError("weight_ema.py averages after every step: leave "
+                         "--steps-per-execution at 1")
+    if (options.output_dir and os.path.isfile(os.path.join(options.output_dir, run_dir.CONFIG))
+            and not getattr(args, "restart", False)):
+        raise UsageError(f"--output-dir {options.output_dir} holds a run and weight_ema.py "
+                         "trains a new one: add --restart to start it over, or pick another "
+                         "folder")
     return config, options, args
 
 
@@ -93,7 +106,7 @@ def main(argv=None) -> int:
             options = dataclasses.replace(options, output_dir=scratch)
         data = cifar.load(config.dataset, options.data_dir)
         results = trainer.run(config, options, data, device, restart=True, clock=clock,
-                              callbacks=[tracker])
+                              extra_callbacks=[tracker])
         # evaluated as the app evaluates its best weights: in float32 (a copy when the run
         # trained in mixed precision)
         model = local_model(distribution.single_device(), config, tracker.model)

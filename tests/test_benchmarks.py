@@ -148,3 +148,39 @@ def test_weight_ema_evaluates_the_last_weights_and_each_average(cifar10_tar, tmp
         assert re.search(rf"EMA {momentum}: test top-1 [\d.]+%", result.stdout), result.stdout
     bad = run_module("benchmarks.weight_ema", "--momenta", 1.5)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --momenta must be between 0 and 1"
+    # the kept run is not deleted without --restart
+    kept = run_module("benchmarks.weight_ema", "--preset", "tiny", "--data-dir", cifar10_tar,
+                      "--output-dir", tmp_path / "run")
+    assert kept.returncode == 2 and kept.stderr.startswith("error: --output-dir"), kept.stderr
+    assert (tmp_path / "run" / "best.weights.npz").is_file()
+
+
+def test_weight_ema_averages_after_every_step_with_the_warmup_decay():
+    from benchmarks import weight_ema
+    tracker = weight_ema.ema_tracker([0.5, 0.2])
+
+    class Model:                    # weights 1, 2, 3 after steps 1, 2, 3
+        step = 0
+
+        def get_weights(self):
+            return [np.full(2, float(self.step))]
+    model = Model()
+    tracker.set_model(model)
+    for step in (1, 2, 3):
+        model.step = step
+        tracker.on_train_batch_end(step - 1)
+    # momentum 0.5: the decay (1 + t) / (10 + t), 3/12 then 4/13, is the smaller
+    slow = 3 / 12 * 1.0 + 9 / 12 * 2.0
+    assert tracker.ema[0.5][0] == pytest.approx(np.full(2, 4 / 13 * slow + 9 / 13 * 3.0))
+    # momentum 0.2: below the warmup's decay from step 2 on
+    assert tracker.ema[0.2][0] == pytest.approx(np.full(2, 0.2 * (0.2 * 1 + 0.8 * 2) + 0.8 * 3))
+    assert tracker.steps == 3
+    tracker.on_train_end()
+    assert tracker.last[0] == pytest.approx(np.full(2, 3.0))
+
+
+def test_weight_ema_refuses_steps_it_cannot_see():
+    bad = run_module("benchmarks.weight_ema", "--steps-per-execution", 4)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.strip() == ("error: weight_ema.py averages after every step: leave "
+                                  "--steps-per-execution at 1")
