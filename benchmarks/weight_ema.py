@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     config, options, args, device = train_command.start_tool(parse, argv)
     from vitcifar.data import cifar
     from vitcifar.training import distribution, trainer
-    from vitcifar.training.compiled import local_model, test_logits
+    from vitcifar.training.compiled import evaluate_test, local_model
 
     tracker = ema_tracker(args.momenta)
     with tempfile.TemporaryDirectory() as scratch:
@@ -110,12 +110,11 @@ def main(argv=None) -> int:
         # evaluated as the app evaluates its best weights: in float32 (a copy when the run
         # trained in mixed precision)
         model = local_model(distribution.single_device(), config, tracker.model)
-        labels = np.asarray(data.y_test).reshape(-1)
 
-        def top1(weights) -> float:
+        def top1(weights) -> float:           # the metric results.json's test_top1 is
             model.set_weights(weights)
-            logits = test_logits(model, data.x_test, config.batch_size)
-            return float(np.mean(logits.argmax(-1) == labels))
+            return evaluate_test(model, config, data.x_test, data.y_test,
+                                 config.batch_size)["test_top1"]
 
         print(f"weight_ema: {tracker.steps} steps, seed {config.seed}, {results['images_seen']:,}"
               f" images seen; the EMAs took {tracker.seconds:.1f} s of the run")
