@@ -24,6 +24,19 @@ AUTOTUNE = tf.data.AUTOTUNE
 BatchAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]
 
 
+def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """`dataset` with an AUTOTUNE prefetch and tf.data's autotuning off, so that no
+    iterator runs autotune's optimizing thread, which deleting an iterator waits for (it
+    sleeps between optimizations). With it, on TensorFlow 2.21 on a 2-core CPU, the training
+    iterator, freed by Python's garbage collector wherever that ran next, stalled the idle
+    process for 14-17 s in 5 of 13 1.5-minute runs and 35-40 s in 2 of 5 3-minute ones
+    (benchmarks/README.md, "A stall at the end of a run"). Without autotuning, an AUTOTUNE
+    map's parallelism stays at TensorFlow's start value: the CPU count, at most 16."""
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.prefetch(AUTOTUNE).with_options(options)
+
+
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return math.ceil(num_examples / batch_size)
 
@@ -60,7 +73,7 @@ def train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
         return batches.map(augment_one, num_parallel_calls=AUTOTUNE)
 
     epochs = tf.data.Dataset.range(first_epoch, last_epoch)
-    return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)
+    return prefetched(epochs.flat_map(one_epoch))
 
 
 def replica_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
@@ -98,7 +111,7 @@ def replica_train_dataset(images: np.ndarray, labels: np.ndarray, batch_size: in
         return batches.flat_map(shares).map(share, num_parallel_calls=AUTOTUNE)
 
     epochs = tf.data.Dataset.range(first_epoch, last_epoch)
-    return epochs.flat_map(one_epoch).prefetch(AUTOTUNE)
+    return prefetched(epochs.flat_map(one_epoch))
 
 
 def label_classes(config: TrainConfig) -> Optional[int]:
@@ -126,5 +139,5 @@ def encode_labels(labels, one_hot_classes: Optional[int]):
 def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int,
                  one_hot_classes: Optional[int] = None) -> tf.data.Dataset:
     """Validation or test batches in order, labels encoded as by encode_labels."""
-    return (tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
-            .map(lambda x, y: (x, encode_labels(y, one_hot_classes))).prefetch(AUTOTUNE))
+    return prefetched(tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size)
+                      .map(lambda x, y: (x, encode_labels(y, one_hot_classes))))
