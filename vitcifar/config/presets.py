@@ -26,8 +26,8 @@ here; figures in benchmarks/README.md)::
   here) on a slower day: 86.3% and 86.7% (medians of 2 seeds each; float32 that day 85.3%).
   On a 2-core AMD EPYC with AVX2 only (float32, about a third of that CPU's images/s, so
   about 1.5 epochs in the budget): 84.9% (84.8-85.0%), whole commands of 180-183 s (commit
-  4c5dc39); on one with AVX512-BF16 (bfloat16, 2.8 epochs): 86.5% (86.4-86.6%), 181-182 s
-  (commit d63ec3e). A weight EMA and batch 256 were measured there, neither adopted.
+  4c5dc39); on one with AVX512-BF16 (bfloat16, 2.9 epochs): 86.6% (86.6-86.7%), 182-183 s
+  (commit 28d3cba). A weight EMA and batch 256 were measured there, neither adopted.
 
   --time-budget 3: the run times its first steps and fits as many steps as end within 3
   minutes (the last epoch cut short), warming up over 6% of them, then cosine decay to the
