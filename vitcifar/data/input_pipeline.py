@@ -25,13 +25,15 @@ BatchAugment = Callable[[tf.Tensor, tf.Tensor, tf.Tensor], tuple]
 
 
 def prefetched(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """`dataset` with an AUTOTUNE prefetch and tf.data's autotuning off, so that no
-    iterator runs autotune's optimizing thread, which deleting an iterator waits for (it
-    sleeps between optimizations). With it, on TensorFlow 2.21 on a 2-core CPU, the training
-    iterator, freed by Python's garbage collector wherever that ran next, stalled the idle
-    process for 14-17 s in 5 of 13 1.5-minute runs and 35-40 s in 2 of 5 3-minute ones
-    (benchmarks/README.md, "A stall at the end of a run"). Without autotuning, an AUTOTUNE
-    map's parallelism stays at TensorFlow's start value: the CPU count, at most 16."""
+    """`dataset` with an AUTOTUNE prefetch (TensorFlow grows its buffer while the consumer
+    waits) and tf.data's autotuning off, so that its iterator runs no autotune optimizing
+    thread, which deleting the iterator waits for (it sleeps between optimizations). With
+    autotuning on, on TensorFlow 2.21 on a 2-core CPU, the training iterator, freed by
+    Python's garbage collector wherever that ran next, stalled the idle process for 14-17 s
+    in 5 of 13 1.5-minute runs and 35-40 s in 2 of 5 3-minute ones (benchmarks/README.md,
+    "A stall at the end of a run"). Without autotuning, an AUTOTUNE map's parallelism stays
+    at TensorFlow's start value: the CPU count, at most 16. Under tf.distribute, the
+    per-device pipelines tf.distribute makes from this one still autotune."""
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(AUTOTUNE).with_options(options)
