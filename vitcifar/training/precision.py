@@ -17,9 +17,10 @@ whatever the precision, and a run may resume, evaluate or export in another one.
   CPU           bfloat16 only where the CPU multiplies bfloat16 in hardware (AMX-BF16 or
                 AVX512-BF16 on x86, BF16 on Arm) and it is faster for this model, which
                 `block_speedup` measures (a few seconds): the gain depends on the model's
-                width (measured here: the fast preset, width 192, trains about 1.5x faster;
-                the sample, width 64, not at all; benchmarks/README.md). Where the CPU's
-                features cannot be read, float32. The same on both stacks: TF 2.10's
+                width (measured here on AVX512-BF16: a block of width 192 trains about
+                1.3-1.5x faster, one of width 128, the fast preset's, 1.17x, so auto keeps
+                float32; the sample, width 64, not at all; benchmarks/README.md). Where
+                the CPU's features cannot be read, float32. The same on both stacks: TF 2.10's
                 oneDNN (the DirectML stack without an adapter) gains as TF 2.21's does.
                 The measurement is made once per machine, model shape and software and
                 kept in the user's cache folder (precision_cache.json; see `cache_file`),
