@@ -6,6 +6,7 @@ import tensorflow as tf
 from vit_model import build_model
 from vitcifar.config.presets import PRESETS
 from vitcifar.config.views import override
+from vitcifar.runs import time_budget
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import compiled, fit_loop
 
@@ -76,7 +77,6 @@ class FakeClock:
 def budget_keeper(plan_steps=100, steps_per_epoch=60):
     """A BudgetKeeper and the cosine schedule it sets, with a plan of `plan_steps` steps of
     batch 1 at 1 step/s in a 2-minute budget (20 s spent before training)."""
-    from vitcifar.runs import time_budget
     from vitcifar.training import optimization
     from vitcifar.training.wall_clock import WallClock
     plan = time_budget.plan(2.0, 14.0, 1.0, 10.0, 0.0, 1, steps_per_epoch, 1, 0.1,
@@ -85,8 +85,8 @@ def budget_keeper(plan_steps=100, steps_per_epoch=60):
     state = RunState(plan=plan, schedule_steps=[plan.steps, plan.warmup_steps])
     schedule = optimization.WarmupCosine(1e-3, plan.warmup_steps, plan.steps)
     now = FakeClock()
-    keeper = fit_loop.BudgetKeeper(state, WallClock(started=0.0), schedule, 1,
-                                   steps_per_epoch, 1, max_epochs=3, now=now)
+    keeper = fit_loop.BudgetKeeper(state, WallClock(started=0.0), schedule, 1, steps_per_epoch,
+                                   1, max_epochs=time_budget.most_epochs(plan.epochs), now=now)
     return keeper, state, schedule, now
 
 
@@ -110,6 +110,21 @@ def test_steps_slower_than_calibrated_shrink_the_plan_and_the_schedule_with_it()
     assert int(schedule.total_steps.numpy()) == 50
 
 
+def test_epochs_shorter_than_a_replans_steps_still_replan():
+    # 100 steps in epochs of 8, a re-plan every 10 steps: one spans two epochs (a 15-minute
+    # `fast` run has 40 epochs, each shorter than a tenth of its plan)
+    keeper, state, _, now = budget_keeper(steps_per_epoch=8)
+    now.t = 20.0
+    for epoch in range(2):
+        state.epochs_done = epoch
+        run_steps(keeper, now, 0, 8, 2.0)      # 2 s a step, not the calibrated 1
+        now.t += 1.0                           # its validation and saves
+    # re-planned at step 12 (45 s in) from 7 steps of epoch 1 (from its first step's end)
+    # and 3 of epoch 2; 75 s left at 2 s a step and 1 s per epoch's end: 35 steps more
+    assert state.plan.replans == 1 and state.plan.train_images_per_second == 0.5
+    assert state.plan.steps == 12 + 35 and keeper.epoch_end_seconds == pytest.approx(1.0)
+
+
 def test_the_gap_between_epochs_counts_as_each_epochs_end():
     keeper, state, _, now = budget_keeper()
     now.t = 20.0
@@ -124,9 +139,9 @@ def test_the_gap_between_epochs_counts_as_each_epochs_end():
 
 
 def started_bar(state, steps_per_epoch, verbose=2):
-    """A PlanProgressBar as model.fit starts it: with room for one epoch past the plan."""
+    """A PlanProgressBar as model.fit starts it: with room for epochs past the plan."""
     bar = fit_loop.PlanProgressBar(state, steps_per_epoch)
-    bar.set_params({"verbose": verbose, "epochs": state.plan.epochs + 1,
+    bar.set_params({"verbose": verbose, "epochs": time_budget.most_epochs(state.plan.epochs),
                     "steps": steps_per_epoch})
     bar.on_train_begin()
     return bar

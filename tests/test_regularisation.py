@@ -169,8 +169,9 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar,
 
     from vitcifar.backend import devices
     from vitcifar.data import cifar
+    from vitcifar.runs import time_budget
     from vitcifar.runs.run_dir import read_config
-    from vitcifar.training import trainer
+    from vitcifar.training import fit_loop, trainer
     config = override(PRESETS["tiny"], batch_size=32, epochs=50, lr_schedule="cosine",
                       warmup_epochs=5, time_budget=0.25, regularisation="auto",
                       label_smoothing=label_smoothing)
@@ -186,8 +187,14 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar,
     def counted_augment(config):
         augmented.append(config.augmentation)
         return real_augment(config)
+    real_calibrate, calibrated = fit_loop.calibrate, []
+
+    def kept_calibrate(*args):
+        calibrated.append(real_calibrate(*args))
+        return calibrated[-1]
     monkeypatch.setattr(trainer, "build", counted_build)
     monkeypatch.setattr(trainer, "batch_augment", counted_augment)
+    monkeypatch.setattr(fit_loop, "calibrate", kept_calibrate)
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         results = trainer.run(config, options, data, devices.detect())
     assert len(built) == builds
@@ -195,7 +202,9 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar,
     # again or kept
     saved, _ = read_config(options.output_dir)
     assert len(augmented) == 2 and augmented[1] == saved.augmentation != augmented[0]
-    planned = results["time_budget_plan"]["epochs"]
+    # chosen for the calibration's plan; training's re-plans may then move its epochs
+    planned = calibrated[0].epochs
+    assert results["time_budget_plan"]["epochs"] <= time_budget.most_epochs(planned)
     assert f"Regularisation auto, for {planned} epochs" in printed.getvalue()
     assert results["regularisation"] == {"epochs": planned, "given_as_flags": [],
                                          "settings": regularisation_rule(planned, 170, 8)}

@@ -87,6 +87,14 @@ def test_a_faster_rate_than_calibrated_fills_the_budget_and_a_slower_one_ends_so
     assert faster.warmup_steps == slower.warmup_steps == plan.warmup_steps == 24
 
 
+def test_fit_has_room_for_a_quarter_more_epochs_than_calibrated_and_at_least_one():
+    assert [time_budget.most_epochs(n) for n in (1, 3, 4, 6, 8, 40)] == [2, 4, 5, 8, 10, 50]
+    plan = planned()                                  # 12 epochs of 20 steps at 4 steps/s
+    # twice the calibrated rate would fill 23 epochs; fit runs most_epochs(12) = 15
+    grown = replanned(plan, 10.0, 2, 1, 8.0, max_epochs=time_budget.most_epochs(plan.epochs))
+    assert (grown.epochs, grown.steps) == (15, 300)
+
+
 def test_a_replan_never_goes_past_the_epochs_fit_runs_nor_back_before_the_step_in_progress():
     plan = planned()
     capped = replanned(plan, 10.0, 2, 1, 8.0, max_epochs=12)

@@ -171,8 +171,10 @@ class BudgetKeeper(keras.callbacks.Callback):
     """--time-budget while training: after every REPLAN_EVERY of the planned steps (at least
     REPLAN_MIN_STEPS), re-plans the steps left (time_budget.replan) from the mean step time
     since the last re-plan and, once an epoch has ended, the gap its validation and saves
-    left between two steps; the command's clock says what is spent. Updates the run state's
-    plan (the Bookkeeper, after this callback, stops by it; the checkpoint keeps it) and the
+    left between two steps; the command's clock says what is spent. The mean counts the
+    steps inside epochs only, across as many epochs as it takes: with many short epochs
+    (40 in a 15-minute `fast` run) a re-plan spans several. Updates the run state's plan
+    (the Bookkeeper, after this callback, stops by it; the checkpoint keeps it) and the
     cosine schedule's total steps (their rate moves a little where the total moves). `now`:
     the clock, a test's own."""
 
@@ -187,21 +189,31 @@ class BudgetKeeper(keras.callbacks.Callback):
         self.epoch_end_seconds = state.plan.epoch_end_seconds
         self.since = None             # (global step, time) the rate is measured from
         self.last_end = None          # (global step, time) of the latest step's end
+        self.carried = (0, 0.0)       # steps and seconds of ended epochs since the re-plan
 
     def on_train_batch_end(self, batch, logs=None):
         now, step = self.now(), self.state.epochs_done * self.steps_per_epoch + batch + 1
         previous, self.last_end = self.last_end, (step, now)
         if previous is not None and batch + 1 <= self.per_call:      # an epoch's first call
             if self.since is not None and previous[0] > self.since[0]:
+                self.carried = self.counted(previous)
                 # the gap between the epochs' steps: validation, saves, a new iterator
                 self.epoch_end_seconds = max(0.0, now - previous[1] - (batch + 1)
-                                             * seconds_per_step(self.since, previous))
-            self.since = self.last_end   # the rate from here: steps inside this epoch only
+                                             * self.carried[1] / self.carried[0])
+            self.since = self.last_end   # the rate from here: steps inside epochs only
         elif self.since is None:
             self.since = self.last_end
-        elif step - self.since[0] >= self.every:
-            self.replan(seconds_per_step(self.since, self.last_end), batch + 1)
-            self.since = self.last_end
+        else:
+            steps, seconds = self.counted(self.last_end)
+            if steps >= self.every:
+                self.replan(seconds / steps, batch + 1)
+                self.since, self.carried = self.last_end, (0, 0.0)
+
+    def counted(self, until: tuple) -> tuple:
+        """(steps, seconds) since the last re-plan: the ended epochs' and this one's to
+        `until`, a (global step, time) mark."""
+        return (self.carried[0] + until[0] - self.since[0],
+                self.carried[1] + until[1] - self.since[1])
 
     def replan(self, step_seconds: float, steps_into_epoch: int) -> None:
         plan = time_budget.replan(
@@ -216,7 +228,7 @@ class BudgetKeeper(keras.callbacks.Callback):
 
 class PlanProgressBar(keras.callbacks.ProgbarLogger):
     """Keras's progress bar, counting by --time-budget's current plan: "Epoch 2/2" for a run
-    planned to two epochs (model.fit has room for one more, which a re-plan may take), and
+    planned to two epochs (model.fit has room for more, which a re-plan may take), and
     the cut-short last epoch's steps as its bar's end ("160/160", not the whole epoch's
     "399/399"). model.fit takes it in place of its own bar."""
 
@@ -242,11 +254,6 @@ class PlanProgressBar(keras.callbacks.ProgbarLogger):
     def on_epoch_end(self, epoch, logs=None):
         self.target = self.progbar.target = self.planned_steps(epoch)
         super().on_epoch_end(epoch, logs)
-
-
-def seconds_per_step(since: tuple, until: tuple) -> float:
-    """The mean step time between two (global step, time) marks, `until` the later."""
-    return (until[1] - since[1]) / (until[0] - since[0])
 
 
 class EpochLog:

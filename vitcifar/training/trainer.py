@@ -20,7 +20,7 @@ from vitcifar.config.regularisation import describe_regularisation, regularised,
 from vitcifar.config.settings import RunOptions, TrainConfig
 from vitcifar.data import cifar, input_pipeline
 from vitcifar.errors import RunStopped, UsageError
-from vitcifar.runs import init_from, resume, run_dir
+from vitcifar.runs import init_from, resume, run_dir, time_budget
 from vitcifar.runs.checkpoint import RunState
 from vitcifar.training import distribution, ending, fit_loop, precision, workers
 from vitcifar.training.compiled import compile_model, local_model
@@ -224,11 +224,11 @@ def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", 
     x_train, y_train = train_split
     steps = input_pipeline.steps_per_epoch(len(x_train), config.batch_size)
     callbacks, fit_epochs = [bookkeeper], config.epochs
-    # --time-budget: a fresh run re-plans as it goes, and may find time for one epoch more
-    # than calibrated (the Bookkeeper stops by the plan). A resumed one keeps its plan: this
-    # process's clock did not see the budget's start.
+    # --time-budget: a fresh run re-plans as it goes, and may find time for more epochs than
+    # calibrated (time_budget.most_epochs; the Bookkeeper stops by the plan). A resumed one
+    # keeps its plan: this process's clock did not see the budget's start.
     if state.plan is not None and state.epochs_done == 0:
-        fit_epochs += 1
+        fit_epochs = time_budget.most_epochs(config.epochs)
         callbacks.insert(0, fit_loop.BudgetKeeper(state, clock, built.schedule,
                                                   config.batch_size, steps,
                                                   options.steps_per_execution, fit_epochs))
