@@ -87,12 +87,14 @@ def test_a_faster_rate_than_calibrated_fills_the_budget_and_a_slower_one_ends_so
     assert faster.warmup_steps == slower.warmup_steps == plan.warmup_steps == 24
 
 
-def test_fit_has_room_for_a_quarter_more_epochs_than_calibrated_and_at_least_one():
-    assert [time_budget.most_epochs(n) for n in (1, 3, 4, 6, 8, 40)] == [2, 4, 5, 8, 10, 50]
+def test_fit_has_room_for_twice_the_epochs_calibrated():
+    assert [time_budget.most_epochs(n) for n in (1, 3, 6, 40)] == [2, 6, 12, 80]
     plan = planned()                                  # 12 epochs of 20 steps at 4 steps/s
-    # twice the calibrated rate would fill 23 epochs; fit runs most_epochs(12) = 15
+    # twice the calibrated rate fills 23 epochs, within most_epochs(12) = 24
     grown = replanned(plan, 10.0, 2, 1, 8.0, max_epochs=time_budget.most_epochs(plan.epochs))
-    assert (grown.epochs, grown.steps) == (15, 300)
+    assert (grown.epochs, grown.steps) == (23, 441)
+    held = replanned(plan, 10.0, 2, 1, 8.0, max_epochs=plan.epochs + 1)    # the old room
+    assert (held.epochs, held.steps) == (13, 260)
 
 
 def test_a_replan_never_goes_past_the_epochs_fit_runs_nor_back_before_the_step_in_progress():
