@@ -19,11 +19,10 @@ here; figures in benchmarks/README.md)::
     python train_cifar10.py --preset fast         # 3 minutes of training
     python train_cifar10.py --preset fast --time-budget 15
 
-  Measured: 88.2% test top-1 (88.20-88.22%) in whole commands of 179-181 s, 7-8 epochs,
+  Measured: 88.3% test top-1 (88.20-88.40%) in whole commands of 179-180 s, 7-8 epochs,
   2 seeds, `python -m benchmarks.time_to_accuracy --preset fast --seeds 2` (current stack,
   a 2-core AMD EPYC with AVX512-BF16, the Fashion-MNIST proxy: no CIFAR figure; float32,
-  which --mixed-precision auto chose: bfloat16's block was only 1.17x; e97a31d with this
-  model). The model came from nine shapes tried there in the same 3 minutes (one command
+  which --mixed-precision auto chose: bfloat16's block was only 1.17x; commit 82b19b5). The model came from nine shapes tried there in the same 3 minutes (one command
   each, seed 0; benchmarks/README.md, "A smaller model for 3 minutes"): 6 blocks of width
   192, `fast` until then, saw 2.8 epochs and reached 86.4%; the smaller ones, which see
   more epochs, 87.1-88.3%. In a budget this short a model that sees more epochs beats a
