@@ -149,7 +149,7 @@ def started_bar(state, steps_per_epoch, verbose=2):
 
 def test_the_progress_bar_counts_the_plans_epochs_and_its_last_epochs_steps(capsys):
     keeper, state, _, now = budget_keeper()      # 100 steps: 60, then 40 of epoch 2
-    bar = started_bar(state, 60)                 # fit's 3 epochs: room for a third
+    bar = started_bar(state, 60)                 # fit's 4 epochs: room for more
     bar.on_epoch_begin(0)
     assert "Epoch 1/2" in capsys.readouterr().out and bar.target == 60
     now.t = 20.0

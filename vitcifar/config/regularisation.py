@@ -36,7 +36,7 @@ def regularisation_strength(epochs: int, train_images: int) -> float:
     at strength 0.23 cost 8.7 points of test top-1 (benchmarks/budget_sweep.py, with the
     ramps at 8-80 epochs and 10,000-100,000 images seen), and 255 images in 40 epochs
     (10,200 seen: 55%). The published recipes' 100-300 CIFAR epochs are strength 1; on the
-    CPU, fast's 3 minutes of the full proxy (up to 10 epochs with bfloat16) are strength 0."""
+    CPU, fast's 3 minutes of the full proxy (7-8 epochs) are strength 0."""
     return min(_log_ramp(epochs, *RULE_EPOCHS),
                _log_ramp(epochs * train_images, *RULE_IMAGES_SEEN))
 

@@ -13,7 +13,7 @@ seconds of it.
 A calibration of a few steps can be far off: measured while another process loads the
 machine, or before the input pipeline's cache is filled, it was 25% slow or fast on a 2-core
 CPU. So training re-plans (`replan`, every REPLAN_EVERY of the planned steps) from the rate
-of its own latest steps and the command's clock: the last epoch grows or shrinks, up to the
+of its own latest steps and the command's clock: the plan grows or shrinks, up to the
 epochs model.fit was started with (`most_epochs`: twice the calibration's). No TensorFlow
 here.
 """
@@ -31,7 +31,7 @@ REPLAN_EVERY, REPLAN_MIN_STEPS = 0.1, 10
 # Training may grow past the calibration's plan by this share of its epochs (at least one).
 # Calibrations have been a quarter to a third slow: `fast` runs that planned 6 and 5 epochs
 # and could grow by one and by a quarter stopped after 7, 11-20 s before their 3 minutes,
-# at 2,400-2,600 images/s. Room costs nothing: the Bookkeeper stops by the plan.
+# at 2,400-2,635 images/s. Room costs nothing: the Bookkeeper stops by the plan.
 REPLAN_GROWTH = 1.0
 # Drawing a run's four figures from predictions already made (matplotlib, Agg), seconds: a
 # bound over what this project's 2-core CPUs took (results.json "wall_time", "figures").

@@ -213,7 +213,8 @@ def fix_schedule(config: TrainConfig, state: RunState, schedule, steps: int) -> 
 def fit(config: TrainConfig, options: RunOptions, cluster: "distribution.Plan", built: Built,
         state: RunState, train_split: Tuple, data: cifar.CifarData, clock: WallClock,
         extra_callbacks: Sequence = ()) -> None:
-    """model.fit from the epoch `state` has reached to config.epochs, with the Bookkeeper
+    """model.fit from the epoch `state` has reached to config.epochs (a fresh budgeted run:
+    time_budget.most_epochs of them, the Bookkeeper stopping by the plan), with the Bookkeeper
     (and `extra_callbacks` after the run's own); raises RunStopped (after drawing the
     figures so far) on Ctrl-C, NaN or a lost worker."""
     if state.epochs_done >= config.epochs or state.stopped_early:
