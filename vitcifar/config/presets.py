@@ -22,8 +22,9 @@ here; figures in benchmarks/README.md)::
   Measured: 88.3% test top-1 (88.20-88.40%) in whole commands of 179-180 s, 7-8 epochs,
   2 seeds, `python -m benchmarks.time_to_accuracy --preset fast --seeds 2` (current stack,
   a 2-core AMD EPYC with AVX512-BF16, the Fashion-MNIST proxy: no CIFAR figure; float32,
-  which --mixed-precision auto chose: bfloat16's block was only 1.17x; commit 82b19b5;
-  two more pairs of runs of this model: 88.2% and 88.1%). The model came from eight shapes
+  which --mixed-precision auto chose: bfloat16's block was only 1.17x; commit 82b19b5).
+  Over all 8 runs of this model there (4 pairs, 3 versions of the code): median 88.2%
+  (87.5-88.4%), pairs' medians 87.8-88.3%. The model came from eight shapes
   tried there in the same 3 minutes (nine commands, seed 0; benchmarks/README.md, "A
   smaller model for 3 minutes"): 6 blocks of width 192, `fast` until then, saw 2.8 epochs
   and reached 86.4% (86.6-86.7% over 2 seeds at 28d3cba); the smaller ones, which see more
