@@ -177,33 +177,28 @@ def test_a_time_budget_run_chooses_for_its_planned_epochs(tmp_path, cifar10_tar,
                       label_smoothing=label_smoothing)
     options = RunOptions(output_dir=str(tmp_path / "run"), tensorboard=False)
     data = cifar.load("cifar10", cifar10_tar)
-    real_build, built = trainer.build, []
+    calls = {}
 
-    def counted_build(*args):
-        built.append(args[0])
-        return real_build(*args)
-    real_augment, augmented = trainer.batch_augment, []
+    def recorded(owner, name):          # each call's first argument and result, kept
+        real, calls[name] = getattr(owner, name), []
 
-    def counted_augment(config):
-        augmented.append(config.augmentation)
-        return real_augment(config)
-    real_calibrate, calibrated = fit_loop.calibrate, []
-
-    def kept_calibrate(*args):
-        calibrated.append(real_calibrate(*args))
-        return calibrated[-1]
-    monkeypatch.setattr(trainer, "build", counted_build)
-    monkeypatch.setattr(trainer, "batch_augment", counted_augment)
-    monkeypatch.setattr(fit_loop, "calibrate", kept_calibrate)
+        def call(*args):
+            calls[name].append((args[0], real(*args)))
+            return calls[name][-1][1]
+        monkeypatch.setattr(owner, name, call)
+    recorded(trainer, "build")
+    recorded(trainer, "batch_augment")
+    recorded(fit_loop, "calibrate")
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         results = trainer.run(config, options, data, devices.detect())
-    assert len(built) == builds
+    assert len(calls["build"]) == builds
     # the calibrated model's augmentation, then the chosen one, whether the model was built
     # again or kept
     saved, _ = read_config(options.output_dir)
+    augmented = [given.augmentation for given, _ in calls["batch_augment"]]
     assert len(augmented) == 2 and augmented[1] == saved.augmentation != augmented[0]
     # chosen for the calibration's plan; training's re-plans may then move its epochs
-    planned = calibrated[0].epochs
+    planned = calls["calibrate"][0][1].epochs
     assert results["time_budget_plan"]["epochs"] <= time_budget.most_epochs(planned)
     assert f"Regularisation auto, for {planned} epochs" in printed.getvalue()
     assert results["regularisation"] == {"epochs": planned, "given_as_flags": [],

@@ -226,8 +226,8 @@ class TrainConfig:
         "auto: crop padding, RandAugment, mixup, cutmix, random erasing, drop path and label "
         "smoothing follow the epochs the run trains (--epochs, or what --time-budget's "
         "calibration plans) and the training-set size, by the rule in config.py "
-        "(regularisation_rule), chosen "
-        "once when the run starts and kept when it is resumed; any of those flags given "
+        "(regularisation_rule), chosen once when the run starts and kept when it is "
+        "resumed; any of those flags given "
         "explicitly wins; off: the preset's values", choices=REGULARISATIONS, optional=True))
     augmentation: Augmentation = field(default_factory=Augmentation, metadata=_flag(
         "the training augmentation", nested=True))
